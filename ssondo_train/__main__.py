@@ -1,0 +1,55 @@
+"""The one entry point: ``python -m ssondo_train stage=<name> [overrides]`` (also the ``ssondo-train`` script)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+log = logging.getLogger("ssondo_train")
+
+
+def _print_stages() -> None:
+    from ssondo_train.stages import get_stage, stage_names
+
+    print("== Stages (stage=) ==")
+    for name in stage_names():
+        print(f"  {name:<11} {get_stage(name).description}")
+    print()
+
+
+def _hydra_main(cfg) -> None:  # cfg: DictConfig
+    from ssondo_train.config.schema import ConfigError, validate_config
+    from ssondo_train.stages import StageError, get_stage, run_stage
+
+    try:
+        validate_config(cfg)
+        stage = get_stage(cfg.stage_name)
+        run_dir = Path(cfg.paths.output_root) / cfg.run_name
+        done = run_stage(stage, cfg, run_dir, force=bool(cfg.force))
+    except (ConfigError, StageError) as err:
+        # A clear one-line message, not a traceback: these are user errors.
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    log.info("outputs: %s", run_dir / stage.name)
+    summary = done.get("summary")
+    if summary:
+        print(summary)
+
+
+def main() -> None:
+    """Console-script entry: Hydra composes ``configs/config.yaml`` with the command-line overrides."""
+    # wandb never reaches the network unless the user asks for it.
+    os.environ.setdefault("WANDB_MODE", "offline")
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        _print_stages()
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(_hydra_main)()
+
+
+if __name__ == "__main__":
+    main()
