@@ -52,3 +52,64 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         check_choice("logger.mode", self.mode, ("offline", "online", "disabled"))
+
+
+LOSS_NAMES = ("cosine", "mse", "l1", "kl", "clap", "contrastive", "cluster_aware", "neg_clusters", "hybrid")
+
+
+@register_schema("loss")
+@dataclasses.dataclass
+class LossConfig:
+    """Distillation loss (``configs/loss/*.yaml``); ``params`` go to ``build_loss(name, **params)``."""
+
+    name: str = "cosine"
+    params: dict = dataclasses.field(default_factory=dict)
+    label_weight: float = 0.0
+    label_loss: str = "bce"
+
+    def __post_init__(self) -> None:
+        check_choice("loss.name", self.name, LOSS_NAMES)
+        check_range("loss.label_weight", self.label_weight, 0.0, 1.0)
+        check_choice("loss.label_loss", self.label_loss, ("bce", "ce"))
+        from ssondo_train.losses import build_loss
+
+        build_loss(self.name, **self.params)  # validates parameter names and values (temperature > 0, ...)
+
+
+@register_schema("sampler")
+@dataclasses.dataclass
+class SamplerConfig:
+    """Training-window sampler (``configs/sampler/*.yaml``)."""
+
+    name: str = "bds"
+    num_samples: int = 100_000
+
+    def __post_init__(self) -> None:
+        check_choice("sampler.name", self.name, ("bds", "random", "class_balanced"))
+        check_range("sampler.num_samples", self.num_samples, 1)
+
+
+@register_schema("student")
+@dataclasses.dataclass
+class StudentConfig:
+    """Student backbone + projector (``configs/student/*.yaml``); ``kwargs`` go to the backbone class."""
+
+    name: str = "mobilenetv3"
+    pretrained: str | None = None
+    projector_hidden: int = 1280
+    projector_dropout: float = 0.2
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ssondo_train.students import STUDENTS
+
+        check_choice("student.name", self.name, STUDENTS)
+        check_range("student.projector_hidden", self.projector_hidden, 1)
+        check_range("student.projector_dropout", self.projector_dropout, 0.0, 1.0)
+        import inspect
+
+        accepted = set(inspect.signature(STUDENTS[self.name]).parameters)
+        unknown = sorted(set(self.kwargs) - accepted)
+        if unknown:
+            raise ValueError(f"student.kwargs has unknown keys {unknown} for {self.name}; "
+                             f"allowed: {', '.join(sorted(accepted))}")

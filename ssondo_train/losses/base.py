@@ -33,7 +33,8 @@ class MixInfo:
     def __post_init__(self) -> None:
         if self.lam.ndim != 1 or self.perm.ndim != 1 or self.lam.shape != self.perm.shape:
             raise ValueError(
-                f"MixInfo: lam and perm must both be (B,), got {tuple(self.lam.shape)} and {tuple(self.perm.shape)}"
+                f"MixInfo: lam and perm must both be (B,), got {tuple(self.lam.shape)} "
+                f"and {tuple(self.perm.shape)}"
             )
         if self.perm.dtype.is_floating_point or self.perm.dtype == torch.bool:
             raise ValueError(f"MixInfo: perm must be an integer tensor, got {self.perm.dtype}")
@@ -80,7 +81,9 @@ def check_clusters(name: str, clusters: Tensor | None, batch_size: int, required
 
 def check_mix(name: str, mix: MixInfo | None, batch_size: int) -> None:
     if mix is not None and mix.batch_size != batch_size:
-        raise ValueError(f"loss {name!r}: MixInfo is for batch {mix.batch_size}, inputs have batch {batch_size}")
+        raise ValueError(
+            f"loss {name!r}: MixInfo is for batch {mix.batch_size}, inputs have batch {batch_size}"
+        )
 
 
 def check_temperature(name: str, temperature: float) -> float:
@@ -151,9 +154,13 @@ class DistillLoss(nn.Module):
         dtype = compute_dtype(student)
         if mix is not None:
             mix = MixInfo(mix.lam.to(device=student.device, dtype=dtype), mix.perm.to(student.device))
+        if clusters is not None:
+            clusters = clusters.to(student.device)
         return self.compute(student.to(dtype), teacher.to(dtype), clusters, mix)
 
-    def compute(self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None) -> Tensor:
+    def compute(
+        self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None
+    ) -> Tensor:
         raise NotImplementedError
 
 
@@ -168,7 +175,9 @@ class PerSampleLoss(DistillLoss):
         """(B, D), (B, D) -> (B,) per-sample losses."""
         raise NotImplementedError
 
-    def compute(self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None) -> Tensor:
+    def compute(
+        self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None
+    ) -> Tensor:
         own = self.per_sample(student, teacher)
         if mix is None:
             return own.mean()
@@ -183,11 +192,11 @@ class PairedBatchLoss(DistillLoss):
     (e.g. has at least one positive and one negative); the loss is the mean over valid pairs, and 0 (attached
     to the graph) when no pair is valid.
 
-    Mixup (i-Mix style, Lee et al., ICLR 2021): a mixed student s_i is scored twice, once with the batch paired
-    as given (its own target t_i is the positive) and once with the teacher batch re-indexed by ``perm``
-    (t_perm(i), with cluster c_perm(i), is the positive); the second pass uses the same set of teacher
-    embeddings, so the candidates are unchanged and only the designated positive moves. The two passes are
-    weighted ``lam_i`` and ``1 - lam_i``:
+    Mixup (i-Mix style, Lee et al., ICLR 2021): a mixed student s_i is scored twice, once with the batch
+    paired as given (its own target t_i is the positive) and once with the teacher batch re-indexed by
+    ``perm`` (t_perm(i), with cluster c_perm(i), is the positive); the second pass uses the same set of
+    teacher embeddings, so the candidates are unchanged and only the designated positive moves. The two
+    passes are weighted ``lam_i`` and ``1 - lam_i``:
     ``sum_i [lam_i v_i ℓ_i + (1 - lam_i) v'_i ℓ'_i] / sum_i [lam_i v_i + (1 - lam_i) v'_i]``.
     As in i-Mix, the other mixing partner stays a candidate (a negative) in each pass.
     """
@@ -196,7 +205,9 @@ class PairedBatchLoss(DistillLoss):
         """(B, D), (B, D), (B,) | None -> (loss (B,), valid (B,) bool)."""
         raise NotImplementedError
 
-    def compute(self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None) -> Tensor:
+    def compute(
+        self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None
+    ) -> Tensor:
         loss, valid = self.pair_losses(student, teacher, clusters)
         weight = valid.to(loss.dtype)
         num = (weight * loss).sum()

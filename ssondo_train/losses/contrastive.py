@@ -83,8 +83,9 @@ class ContrastiveLoss(_TemperatureLoss):
 class NegClustersLoss(_TemperatureLoss):
     """InfoNCE whose negatives are only the samples of *other* clusters.
 
-    ``loss_i = -log(e^{L_ii} / (e^{L_ii} + Σ_{j: c_j ≠ c_i} e^{L_ij}))``, mean over rows that have at least one
-    other-cluster sample. Same-cluster samples are left out entirely (upstream counted each as ``e^0 = 1``).
+    ``loss_i = -log(e^{L_ii} / (e^{L_ii} + Σ_{j: c_j ≠ c_i} e^{L_ij}))``, mean over rows that have at
+    least one other-cluster sample. Same-cluster samples are left out entirely (upstream counted each as
+    ``e^0 = 1``).
 
     Args:
         temperature: logit temperature T > 0.
@@ -134,7 +135,9 @@ class ClusterAwareLoss(_TemperatureLoss):
         return 0.5 * (st + ts), valid
 
 
-def cross_cluster_loss(student: Tensor, teacher: Tensor, clusters: Tensor, mix: MixInfo | None = None) -> Tensor:
+def cross_cluster_loss(
+    student: Tensor, teacher: Tensor, clusters: Tensor, mix: MixInfo | None = None
+) -> Tensor:
     """``-mean_k cos(centroid_k(ŝ), centroid_k(t̂))`` over the clusters present in the batch.
 
     With mixup each student s_i belongs to cluster c_i with weight lam_i (target t_i) and to c_perm(i) with
@@ -203,13 +206,17 @@ class HybridLoss(DistillLoss):
         self.cosine = CosineLoss()
         self.cluster_aware = ClusterAwareLoss(temperature)
 
-    def compute(self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None) -> Tensor:
+    def compute(
+        self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None
+    ) -> Tensor:
         assert clusters is not None
         total = student.new_zeros(())
         if self.alignment_weight > 0.0:
             total = total + self.alignment_weight * self.cosine.compute(student, teacher, clusters, mix)
         if self.contrastive_weight > 0.0:
-            total = total + self.contrastive_weight * self.cluster_aware.compute(student, teacher, clusters, mix)
+            total = total + self.contrastive_weight * self.cluster_aware.compute(
+                student, teacher, clusters, mix
+            )
         if self.cross_cluster_weight > 0.0:
             total = total + self.cross_cluster_weight * cross_cluster_loss(student, teacher, clusters, mix)
         return total

@@ -1,8 +1,8 @@
 """Optional supervised label loss and its combination with the distillation loss.
 
-Upstream computed the 527-class BCE on the *same* head output as the 3840-d KD target (UPSTREAM.md §9 item 18),
-so only λ ∈ {0, 1} was coherent. Here the label loss takes the logits of a separate label head, and
-:class:`CombinedLoss` refuses to be handed the KD projector output as label logits.
+Upstream computed the 527-class BCE on the *same* head output as the 3840-d KD target
+(UPSTREAM.md §9 item 18), so only λ ∈ {0, 1} was coherent. Here the label loss takes the logits of a
+separate label head, and :class:`CombinedLoss` refuses to be handed the KD projector output as label logits.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ class LabelLoss(nn.Module):
     """Supervised loss on label-head logits.
 
     Args:
-        kind: ``"bce"`` (multi-label, BCE-with-logits averaged over classes, targets (B, C) multi-hot) or ``"ce"``
-            (single-label cross-entropy, targets (B,) class indices or (B, C) probabilities).
+        kind: ``"bce"`` (multi-label, BCE-with-logits averaged over classes, targets (B, C) multi-hot) or
+            ``"ce"`` (single-label cross-entropy, targets (B,) class indices or (B, C) probabilities).
     """
 
     def __init__(self, kind: LabelKind = "bce") -> None:
@@ -37,7 +37,8 @@ class LabelLoss(nn.Module):
         if self.kind == "bce":
             if targets.shape != logits.shape:
                 raise ValueError(
-                    f"LabelLoss(bce): targets must match logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
+                    f"LabelLoss(bce): targets must match logits {tuple(logits.shape)}, "
+                    f"got {tuple(targets.shape)}"
                 )
             bce = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
             return bce.mean(dim=-1)
@@ -94,7 +95,9 @@ class CombinedLoss(nn.Module):
         label_weight: λ in [0, 1]. A term whose weight is 0 is not computed at all.
     """
 
-    def __init__(self, kd: DistillLoss | None, label: LabelLoss | None = None, label_weight: float = 0.0) -> None:
+    def __init__(
+        self, kd: DistillLoss | None, label: LabelLoss | None = None, label_weight: float = 0.0
+    ) -> None:
         super().__init__()
         lam = float(label_weight)
         if not 0.0 <= lam <= 1.0:

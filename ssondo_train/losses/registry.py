@@ -37,7 +37,9 @@ def loss_params(name: str) -> dict[str, Any]:
     """Parameters accepted by loss ``name`` with their defaults (empty for parameter-free losses)."""
     cls = _lookup(name)
     params = inspect.signature(cls.__init__).parameters
-    return {k: p.default for k, p in params.items() if k != "self"}
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    # nn.Module's own ``__init__(*args, **kwargs)`` shows through for parameter-free losses: not parameters.
+    return {k: p.default for k, p in params.items() if k != "self" and p.kind in keyword_kinds}
 
 
 def build_loss(name: str = DEFAULT_LOSS, **params: Any) -> DistillLoss:

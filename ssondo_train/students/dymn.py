@@ -32,10 +32,10 @@ from ._layers import (
 def dymn_temperature(
     epoch: float, t_max: float = 30.0, t_min: float = 1.0, t0_slope: float = 1.0, t1_slope: float = 0.02
 ) -> float:
-    """EfficientAT's two-slope linear annealing of the dynamic-conv temperature.
+    """EfficientAT's linear annealing of the dynamic-conv temperature for ``epoch``.
 
-    A steep line from ``t_max`` (slope ``t0_slope`` per epoch) hands over to a shallow one (slope
-    ``t1_slope``) where they cross at temperature 1 + ..., floored at ``t_min``.
+    The maximum of two lines, ``t_max - t0_slope * epoch`` and ``1 + t1_slope * (t_max - 1) / t0_slope -
+    t1_slope * epoch`` (both reach 1 at the same epoch), floored at ``t_min``.
     """
     steep = t_max - t0_slope * epoch
     shallow = 1.0 + t1_slope * (t_max - 1.0) / t0_slope - t1_slope * epoch
@@ -98,7 +98,7 @@ class DynamicConv(nn.Module):
 
 
 class DyReLUB(nn.Module):
-    """Dy-ReLU-B: per-example, per-channel max over ``m`` affine maps whose coefficients come from the context."""
+    """Dy-ReLU-B: per-example, per-channel max over ``m`` affine maps with coefficients from the context."""
 
     def __init__(self, channels: int, context_dim: int, m: int = 2) -> None:
         super().__init__()
@@ -144,7 +144,9 @@ class ContextGen(nn.Module):
         f, t = x.shape[2], x.shape[3]
         freq_profile = x.mean(3, keepdim=True)  # (N, C, F, 1)
         time_profile = x.mean(2, keepdim=True).transpose(2, 3)  # (N, C, T, 1)
-        joint = self.joint_act(self.joint_norm(self.joint_conv(torch.cat([freq_profile, time_profile], dim=2))))
+        joint = self.joint_act(
+            self.joint_norm(self.joint_conv(torch.cat([freq_profile, time_profile], dim=2)))
+        )
         h_f, h_t = torch.split(joint, [f, t], dim=2)
         context = joint.mean(dim=(2, 3))  # mean over the F + T positions
         g_f = self.conv_f(self.pool_f(h_f))
@@ -202,7 +204,9 @@ class DyBlock(nn.Module):
         )
         self.depth_norm = bn(spec.exp_ch)
         self.depth_act = DyReLUB(spec.exp_ch, context_dim, m=dyrelu_k)
-        self.proj_conv = DynamicConv(spec.exp_ch, spec.out_ch, context_dim, 1, k=dyconv_k, temperature=temperature)
+        self.proj_conv = DynamicConv(
+            spec.exp_ch, spec.out_ch, context_dim, 1, k=dyconv_k, temperature=temperature
+        )
         self.proj_norm = bn(spec.out_ch)
         self.context_gen = ContextGen(context_dim, spec.in_ch, spec.exp_ch, spec.depth_stride, bn_momentum)
         self.use_residual = spec.stride == 1 and spec.in_ch == spec.out_ch
@@ -256,7 +260,7 @@ class DyMN(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature}")
         table = mobilenet_block_table(width_mult, strides, reduced_tail, dilated, relu_only=False)
         kw = {"bn_eps": MN_BN_EPS, "bn_momentum": bn_momentum}
-        self.in_c = ConvBNAct(1, table[0].in_ch, 3, stride=2, activation=nn.Hardswish, **kw)
+        # Registration order reproduces EfficientAT's state-dict key order (layers, in_c, out_c).
         self.layers = nn.ModuleList(
             DyBlock(
                 spec,
@@ -271,6 +275,7 @@ class DyMN(nn.Module):
             )
             for spec in table
         )
+        self.in_c = ConvBNAct(1, table[0].in_ch, 3, stride=2, activation=nn.Hardswish, **kw)
         self.emb_size = 6 * table[-1].out_ch
         self.out_c = ConvBNAct(table[-1].out_ch, self.emb_size, 1, activation=nn.Hardswish, **kw)
         self.last_channel = last_channel_for(width_mult, reduced_tail)

@@ -53,7 +53,7 @@ class StudentFrontEnd(nn.Module):
         return 1 + (n_samples - self.n_fft) // self.hop_length
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        """(..., n) float waveform at 32 kHz -> (..., n_mels, frames) log-mel, frames = 1 + (n - n_fft) // hop."""
+        """(..., n) waveform at 32 kHz -> (..., n_mels, frames) log-mel; frames = 1 + (n - n_fft) // hop."""
         if wav.shape[-1] < self.n_fft:
             raise ValueError(f"need at least n_fft={self.n_fft} samples, got {wav.shape[-1]}")
         lead = wav.shape[:-1]

@@ -12,7 +12,9 @@ class Projector(nn.Module):
     State-dict keys ``mlp.0.*`` and ``mlp.3.*`` (S-SONDO's MLP head).
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 3840, hidden_dim: int = 1280, dropout: float = 0.2) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int = 3840, hidden_dim: int = 1280, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.out_dim = out_dim
@@ -34,7 +36,7 @@ class Projector(nn.Module):
 
 
 class StudentWithProjector(nn.Module):
-    """Backbone ``model`` + ``classification_head``; the state-dict keys are S-SONDO's minus ``student_model.``.
+    """Backbone ``model`` + ``classification_head``; state-dict keys are S-SONDO's minus ``student_model.``.
 
     forward(logmel (B, S, F, T)) -> (projected (B, out_dim), embeddings (B, S, emb_size)).
     """

@@ -25,7 +25,10 @@ class CheckpointError(ValueError):
 
 
 class CheckpointFormatError(CheckpointError):
-    """The file is not a readable, safe checkpoint of the expected format (corrupt, truncated, pickled code)."""
+    """The file is not a readable, safe checkpoint of the expected format.
+
+    Raised for corrupt or truncated files and for pickles that need code to load.
+    """
 
 
 class CheckpointKeyError(CheckpointError):

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 __all__ = ["FLOAT32_EPS", "LogMelFrontEnd", "WhisperLogMel", "slaney_mel_filterbank"]
 
-# Upstream writes torch.finfo().eps, which follows the default dtype; the float32 value is what they trained with.
+# Upstream writes torch.finfo().eps, which follows the default dtype; the float32 value is what the
+# teachers were trained with.
 FLOAT32_EPS = 1.1920928955078125e-07
 
 
@@ -26,7 +27,12 @@ def _mel_to_hz_slaney(mel: Tensor) -> Tensor:
 
 
 def slaney_mel_filterbank(
-    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int, dtype: torch.dtype = torch.float64
+    n_freqs: int,
+    f_min: float,
+    f_max: float,
+    n_mels: int,
+    sample_rate: int,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """Triangular Slaney-scale mel filters with Slaney area normalisation, ``(n_freqs, n_mels)``.
 
@@ -78,7 +84,9 @@ class LogMelFrontEnd(nn.Module):
         self.log_offset = log_offset
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self.register_buffer("filterbank", filterbank.to(torch.float32).contiguous(), persistent=False)
-        self.register_buffer("norm", torch.tensor([float(mean), float(std)], dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "norm", torch.tensor([float(mean), float(std)], dtype=torch.float32), persistent=False
+        )
 
     def set_norm(self, mean: float, std: float) -> None:
         self.norm.copy_(torch.tensor([mean, std], dtype=torch.float32))
@@ -107,7 +115,9 @@ class WhisperLogMel(nn.Module):
     the last STFT frame is dropped, so ``T = N // 160``. Input ``(B, N)``, output ``(B, 80, T)``.
     """
 
-    def __init__(self, n_mels: int = 80, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160) -> None:
+    def __init__(
+        self, n_mels: int = 80, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160
+    ) -> None:
         super().__init__()
         self.n_fft = n_fft
         self.hop_length = hop_length
@@ -117,7 +127,13 @@ class WhisperLogMel(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         spec = torch.stft(
-            wav, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect", return_complex=True
+            wav,
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
         )
         power = spec[..., :-1].abs().pow(2.0)
         mel = torch.matmul(power.transpose(-1, -2), self.filterbank).transpose(-1, -2)

@@ -6,17 +6,11 @@ import logging
 import os
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ssondo_train.teachers.checkpoint import (
-    CheckpointFormatError,
-    check_state_dict,
-    load_torch_state_dict,
-    sha256_file,
-)
+from ssondo_train.teachers.checkpoint import CheckpointFormatError, load_torch_state_dict, sha256_file
 from ssondo_train.teachers.frontend import LogMelFrontEnd, slaney_mel_filterbank
-from ssondo_train.teachers.vit import ViTConfig, ViTTeacher
+from ssondo_train.teachers.vit import AudioViTEncoder, ViTConfig, ViTTeacher, encoder_from_state
 
 __all__ = ["DEFAULT_NORM_STATS", "M2DTeacher", "build_m2d", "load_m2d"]
 
@@ -34,7 +28,8 @@ class M2DTeacher(ViTTeacher):
         config: encoder geometry (ViT-B defaults).
         norm_stats: ``(mean, std)`` of the log-mel, normally read from the checkpoint.
 
-    Input ``(B, N)`` float32 at 16 kHz. A 10-s window gives 1001 frames, 63 time steps, ``embed`` ``(B, 3840)``.
+    Input ``(B, N)`` float32 at 16 kHz. A 10-s window gives 1001 frames, 63 time steps and an ``embed`` of
+    shape ``(B, 3840)``.
     """
 
     name = "m2d"
@@ -43,8 +38,9 @@ class M2DTeacher(ViTTeacher):
         self,
         config: ViTConfig | dict[str, Any] | None = None,
         norm_stats: tuple[float, float] = DEFAULT_NORM_STATS,
+        encoder: AudioViTEncoder | None = None,
     ) -> None:
-        super().__init__(config)
+        super().__init__(config, encoder)
         fb = slaney_mel_filterbank(201, 50.0, 8000.0, self.config.n_mels, self.sample_rate)
         self.norm_stats = (float(norm_stats[0]), float(norm_stats[1]))
         self.frontend = LogMelFrontEnd(fb, center=True, mean=self.norm_stats[0], std=self.norm_stats[1])
@@ -101,13 +97,12 @@ def load_m2d(
         if not isinstance(norm_stats, Tensor) or norm_stats.numel() != 2:
             raise CheckpointFormatError(f"{path}: norm_stats must be a 2-element tensor, got {norm_stats!r}")
         stats = (float(norm_stats[0]), float(norm_stats[1]))
-    teacher = M2DTeacher(config, norm_stats=stats)
-    expected = teacher.encoder.state_dict()
-    check_state_dict(str(path), state, expected, allow_unexpected=allow_unexpected_keys)
-    extra = sorted(set(state) - set(expected))
+    cfg = ViTConfig.from_any(config)
+    encoder = encoder_from_state(str(path), cfg, state, allow_unexpected=allow_unexpected_keys)
+    extra = sorted(set(state) - set(encoder.state_dict()))
     if extra:
         log.warning("M2D checkpoint %s: ignoring %d extra keys: %s", path, len(extra), extra)
-    teacher.encoder.load_state_dict({k: state[k] for k in expected}, strict=True)
+    teacher = M2DTeacher(cfg, norm_stats=stats, encoder=encoder)
     teacher.checkpoint_path = str(path)
     teacher.checkpoint_sha256 = sha256_file(path)
     return teacher.requires_grad_(False).eval()

@@ -7,12 +7,16 @@ import os
 from typing import Any
 
 import torch
-import torchaudio
 from torch import Tensor
 
-from ssondo_train.teachers.checkpoint import CheckpointFormatError, check_state_dict, load_torch_state_dict, sha256_file
+from ssondo_train.teachers.checkpoint import (
+    CheckpointFormatError,
+    check_state_dict,
+    load_torch_state_dict,
+    sha256_file,
+)
 from ssondo_train.teachers.frontend import LogMelFrontEnd
-from ssondo_train.teachers.vit import ViTConfig, ViTTeacher
+from ssondo_train.teachers.vit import AudioViTEncoder, ViTConfig, ViTTeacher
 
 __all__ = ["MATPAC_NORM", "MATPACTeacher", "build_matpac", "load_matpac"]
 
@@ -35,8 +39,12 @@ class MATPACTeacher(ViTTeacher):
 
     name = "matpac"
 
-    def __init__(self, config: ViTConfig | dict[str, Any] | None = None) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: ViTConfig | dict[str, Any] | None = None, encoder: AudioViTEncoder | None = None
+    ) -> None:
+        super().__init__(config, encoder)
+        import torchaudio  # deferred: only this teacher needs it
+
         # torchaudio's float32 filterbank: the one MATPAC's torchaudio MelSpectrogram uses.
         fb = torchaudio.functional.melscale_fbanks(
             201, 50.0, 8000.0, self.config.n_mels, self.sample_rate, norm="slaney", mel_scale="slaney"
@@ -76,10 +84,14 @@ def load_matpac(
 
     Raises:
         CheckpointKeyError: missing / unexpected keys or wrong shapes (lists them, in checkpoint naming).
-        CheckpointFormatError: unreadable file, pickled code, or saved front-end buffers that differ from ours.
+        CheckpointFormatError: unreadable file, pickled code, or saved front-end buffers that differ
+            from ours.
     """
     raw = load_torch_state_dict(path)
-    teacher = MATPACTeacher(config)
+    cfg = ViTConfig.from_any(config)
+    with torch.device("meta"):  # weights come from the file: skip the random initialisation
+        encoder = AudioViTEncoder(cfg)
+    teacher = MATPACTeacher(cfg, encoder=encoder)
     for key, attr in _FRONTEND_KEYS.items():
         if key in raw:
             saved, ours = raw.pop(key), getattr(teacher.frontend, attr)
@@ -94,7 +106,10 @@ def load_matpac(
     extra = sorted(set(raw) - set(expected))
     if extra:
         log.warning("MATPAC checkpoint %s: ignoring %d extra keys: %s", path, len(extra), extra)
-    teacher.encoder.load_state_dict({_checkpoint_to_encoder_key(k): raw[k] for k in expected}, strict=True)
+    tensors = {
+        _checkpoint_to_encoder_key(k): raw[k].detach().to(torch.float32).contiguous() for k in expected
+    }
+    teacher.encoder.load_state_dict(tensors, strict=True, assign=True)
     teacher.checkpoint_path = str(path)
     teacher.checkpoint_sha256 = sha256_file(path)
     return teacher.requires_grad_(False).eval()
@@ -107,7 +122,7 @@ def build_matpac(
     allow_unexpected_keys: bool = False,
     allow_random_init: bool = False,
 ) -> MATPACTeacher:
-    """Registry entry ``"matpac"``: load ``checkpoint_path``; random weights only with ``allow_random_init``."""
+    """Registry entry ``"matpac"``: load ``checkpoint_path``; random weights need ``allow_random_init``."""
     if checkpoint_path is None:
         if not allow_random_init:
             raise ValueError("teacher 'matpac' needs checkpoint_path (or allow_random_init=True for tests)")

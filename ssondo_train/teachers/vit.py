@@ -1,6 +1,7 @@
 """ViT-Base/16 audio encoder shared by M2D and MATPAC++, and the teacher built on it.
 
-Geometry is explicit configuration (:class:`ViTConfig`, ViT-B defaults): never parsed from file or folder names.
+Geometry is explicit configuration (:class:`ViTConfig`, ViT-B defaults), never parsed from file or
+folder names.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from torch import Tensor, nn
 
 from ssondo_train.teachers.base import Teacher, slice_windows
 
-__all__ = ["AudioViTEncoder", "ViTConfig", "ViTTeacher"]
+__all__ = ["AudioViTEncoder", "ViTConfig", "ViTTeacher", "encoder_from_state"]
 
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Encoder geometry. Defaults are the released M2D / MATPAC++ ViT-Base (80 x 608 input, 16 x 16 patches)."""
+    """Encoder geometry; defaults = the released M2D/MATPAC++ ViT-B (80 x 608 input, 16 x 16 patches)."""
 
     n_mels: int = 80
     chunk_frames: int = 608
@@ -113,7 +114,8 @@ class _Block(nn.Module):
 class AudioViTEncoder(nn.Module):
     """Patch-embedded ViT over a log-mel image, with M2D's parameter names.
 
-    State-dict keys: ``cls_token`` (1, 1, D), ``pos_embed`` (1, 1 + F'·T', D), ``patch_embed.proj.{weight,bias}``,
+    State-dict keys: ``cls_token`` (1, 1, D), ``pos_embed`` (1, 1 + F'·T', D),
+    ``patch_embed.proj.{weight,bias}``,
     ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.{weight,bias}``, ``norm.{weight,bias}``.
     """
 
@@ -129,7 +131,7 @@ class AudioViTEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def _encode_chunk(self, chunk: Tensor, all_layers: bool) -> Tensor:
-        """One chunk ``(B, 1, n_mels, frames)`` -> ``(B, L, t, F'·D)`` (L = depth, or 1 if not ``all_layers``)."""
+        """One chunk ``(B, 1, n_mels, frames)`` -> ``(B, L, t, F'·D)``; L = depth, or 1 without all_layers."""
         cfg = self.cfg
         x = self.patch_embed(chunk)  # (B, D, F', t)
         b, d, fp, t = x.shape
@@ -180,10 +182,31 @@ class AudioViTEncoder(nn.Module):
             full = full.permute(0, 3, 1, 2, 4).reshape(b * n_full, 1, n_mels, cfg.chunk_frames)
             out = self._encode_chunk(full, all_layers)  # (B·k, L, t, C)
             _, n_layers, t, c = out.shape
-            parts.append(out.reshape(b, n_full, n_layers, t, c).permute(0, 2, 1, 3, 4).reshape(b, n_layers, -1, c))
+            parts.append(
+                out.reshape(b, n_full, n_layers, t, c).permute(0, 2, 1, 3, 4).reshape(b, n_layers, -1, c)
+            )
         for start in range(n_full * cfg.chunk_frames, padded, cfg.chunk_frames):
             parts.append(self._encode_chunk(lms[..., start : start + cfg.chunk_frames], all_layers))
         return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def encoder_from_state(
+    source: str, config: ViTConfig, state: dict[str, Tensor], *, allow_unexpected: bool = False
+) -> AudioViTEncoder:
+    """Build an encoder directly from checkpoint tensors (in encoder naming), strictly checked.
+
+    The module is created on the meta device and the tensors are assigned, so no random initialisation
+    of 85 M parameters is wasted.
+    """
+    from ssondo_train.teachers.checkpoint import check_state_dict
+
+    with torch.device("meta"):
+        encoder = AudioViTEncoder(config)
+    expected = encoder.state_dict()
+    check_state_dict(source, state, expected, allow_unexpected=allow_unexpected)
+    tensors = {k: state[k].detach().to(torch.float32).contiguous() for k in expected}
+    encoder.load_state_dict(tensors, strict=True, assign=True)
+    return encoder
 
 
 class ViTTeacher(Teacher):
@@ -196,10 +219,14 @@ class ViTTeacher(Teacher):
     sample_rate = 16000
     window_samples = 160000  # S-SONDO's 10-s teacher window (used only by :meth:`ssondo_wrapper`)
 
-    def __init__(self, config: ViTConfig | dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: ViTConfig | dict[str, Any] | None = None, encoder: AudioViTEncoder | None = None
+    ) -> None:
         super().__init__()
         self.config = ViTConfig.from_any(config)
-        self.encoder = AudioViTEncoder(self.config)
+        if encoder is not None and encoder.cfg != self.config:
+            raise ValueError(f"encoder geometry {encoder.cfg} differs from config {self.config}")
+        self.encoder = encoder if encoder is not None else AudioViTEncoder(self.config)
         self.embed_dim = self.config.frame_dim
         self.num_layers = self.config.depth
 

@@ -1,0 +1,204 @@
+"""End-to-end student model for inference: raw audio in, embeddings / projections / logits out."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssondo_train.export.formats import PreprocessSpec
+from ssondo_train.students import StudentFrontEnd, StudentWithProjector, segment_windows
+
+log = logging.getLogger(__name__)
+
+Tail = Literal["pad", "drop"]
+
+
+class SsondoModel(nn.Module):
+    """A distilled student wrapped with its front-end and an optional classification head.
+
+    Audio is mono float ``(n,)`` or ``(B, n)`` at ``sample_rate`` (resampled to the student's rate when
+    they differ). It is cut into ``preprocess.window_s`` windows: with ``tail="pad"`` (default) audio shorter
+    than one window becomes one zero-padded segment and a trailing remainder becomes a zero-padded last
+    segment; ``tail="drop"`` is ssondo 0.3.1's behaviour (remainder dropped, short audio is an error).
+
+    Attributes:
+        student: backbone ``model`` + ``classification_head`` projector.
+        head: optional module on pooled embeddings (B, E) -> logits (B, C).
+        frontend: log-mel front-end (no parameters).
+        preprocess_spec: the front-end / segmentation spec.
+        sample_rate: rate of the audio the caller passes.
+        tail: "pad" or "drop".
+        meta: metadata of the loaded export (teacher, head meta, ...).
+    """
+
+    def __init__(
+        self,
+        student: StudentWithProjector,
+        preprocess: PreprocessSpec | None = None,
+        head: nn.Module | None = None,
+        sample_rate: int | None = None,
+        tail: Tail = "pad",
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if tail not in ("pad", "drop"):
+            raise ValueError(f"tail must be 'pad' or 'drop', got {tail!r}")
+        self.preprocess_spec = preprocess or PreprocessSpec()
+        self.student = student
+        self.frontend = StudentFrontEnd(**self.preprocess_spec.frontend_kwargs())
+        self.head = head
+        self.sample_rate = int(sample_rate or self.preprocess_spec.sample_rate)
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self.tail: Tail = tail
+        self.meta = dict(meta or {})
+        self._frozen: set[str] = set()
+
+    # ------------------------------------------------------------------------------------- parts
+    @property
+    def backbone(self) -> nn.Module:
+        """The student backbone: log-mel (B, S, F, T) -> (B, S, E)."""
+        return self.student.model
+
+    @property
+    def projector(self) -> nn.Module:
+        """The distillation projector: (B, S, E) -> (B, Dt), mean over segments."""
+        return self.student.classification_head
+
+    @property
+    def embedding_dim(self) -> int:
+        """E: 960 for MobileNetV3/DyMN (width 1.0), 1024 for ERes2Net."""
+        return int(self.backbone.emb_size)
+
+    @property
+    def projection_dim(self) -> int:
+        """Dt: the teacher embedding size (3840 for M2D / MATPAC++ ViT-B with 5 layers)."""
+        return int(self.student.out_dim)
+
+    # ---------------------------------------------------------------------------------- pipeline
+    def _device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    def _as_waveform(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(audio, np.ndarray):
+            audio = torch.from_numpy(audio)
+        if not isinstance(audio, torch.Tensor):
+            raise TypeError(f"audio must be a torch.Tensor or numpy array, got {type(audio).__name__}")
+        if not torch.is_floating_point(audio):
+            raise TypeError(
+                f"audio must be floating point (float32 samples in [-1, 1]), got {audio.dtype}; "
+                "convert integer PCM with e.g. audio.float() / 32768"
+            )
+        if audio.ndim == 1:
+            audio = audio.unsqueeze(0)
+        if audio.ndim != 2:
+            raise ValueError(
+                f"audio must be mono (n,) or (batch, n), got shape {tuple(audio.shape)}; "
+                "average multi-channel audio to mono first (e.g. audio.mean(dim=1) for (batch, channels, n))"
+            )
+        if audio.shape[0] == 0 or audio.shape[1] == 0:
+            raise ValueError(f"audio is empty: shape {tuple(audio.shape)}")
+        if not torch.isfinite(audio).all():
+            raise ValueError("audio contains NaN or Inf samples")
+        return audio.to(device=self._device(), dtype=torch.float32)
+
+    def preprocess(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Raw audio (n,) or (B, n) at ``sample_rate`` -> log-mel segments (B, S, n_mels, T) (T = 624 for 10 s).
+
+        Raises:
+            TypeError: non-float audio.
+            ValueError: not 1-D/2-D, empty, NaN/Inf, or (``tail="drop"``) shorter than one window.
+        """
+        wav = self._as_waveform(audio)
+        spec = self.preprocess_spec
+        if self.sample_rate != spec.sample_rate:
+            import torchaudio.functional as AF
+
+            wav = AF.resample(wav, self.sample_rate, spec.sample_rate)
+        segments = segment_windows(wav, spec.window_samples, spec.hop_samples, tail=self.tail)
+        logmel = self.frontend(segments)
+        if spec.normalizes:  # upstream inference skipped the training-time normalisation
+            logmel = (logmel - spec.norm_mean) / spec.norm_std
+        return logmel
+
+    def segment_embeddings(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Raw audio -> per-segment backbone embeddings (B, S, E)."""
+        return self.backbone(self.preprocess(audio))
+
+    def get_embeddings(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Raw audio -> clip embeddings (B, E): backbone embeddings averaged over segments."""
+        return self.segment_embeddings(audio).mean(dim=1)
+
+    def project(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Raw audio -> projector output (B, Dt) (the student's estimate of the teacher embedding)."""
+        return self.projector(self.segment_embeddings(audio))
+
+    def forward(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Without a head: (B, S, E) segment embeddings. With a head: logits (B, C) of the pooled embedding."""
+        if self.head is None:
+            return self.segment_embeddings(audio)
+        return self.head(self.get_embeddings(audio))
+
+    # ----------------------------------------------------------------------------- fine-tuning
+    def freeze_backbone(self, projector: bool = True) -> SsondoModel:
+        """Stop gradients into the backbone (and, by default, the projector) and freeze their BatchNorm.
+
+        The frozen parts stay in eval mode even after ``model.train()``, so their BatchNorm running
+        statistics and dropout do not change while a head is trained. Returns ``self``.
+        """
+        self._frozen = {"backbone", "projector"} if projector else {"backbone"}
+        for part in self._frozen_modules():
+            part.requires_grad_(False)
+            part.eval()
+        return self
+
+    def unfreeze_backbone(self) -> SsondoModel:
+        """Undo :meth:`freeze_backbone`: parameters trainable again, modes follow ``self.training``."""
+        for part in self._frozen_modules():
+            part.requires_grad_(True)
+            part.train(self.training)
+        self._frozen = set()
+        return self
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return "backbone" in self._frozen
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in ("backbone", "projector") if name in self._frozen]
+
+    def train(self, mode: bool = True) -> SsondoModel:
+        super().train(mode)
+        for part in self._frozen_modules():
+            part.eval()
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"sample_rate={self.sample_rate}, tail={self.tail!r}, embedding_dim={self.embedding_dim}, "
+                f"frozen={sorted(self._frozen)}")
+
+
+def build_head(
+    kind: Literal["linear", "mlp"], emb_dim: int, n_classes: int, hidden_sizes: list[int] | None = None
+) -> nn.Module:
+    """A fresh head on pooled embeddings: ``linear`` = Linear(E, C); ``mlp`` = [Linear, ReLU]* + Linear.
+
+    ``hidden_sizes`` defaults to [512] (ssondo's default).
+    """
+    if n_classes is None or int(n_classes) <= 0:
+        raise ValueError(f"head={kind!r} needs a positive n_classes, got {n_classes}")
+    if kind == "linear":
+        return nn.Linear(emb_dim, int(n_classes))
+    if kind == "mlp":
+        layers: list[nn.Module] = []
+        width = emb_dim
+        for size in hidden_sizes if hidden_sizes is not None else [512]:
+            layers += [nn.Linear(width, int(size)), nn.ReLU()]
+            width = int(size)
+        layers.append(nn.Linear(width, int(n_classes)))
+        return nn.Sequential(*layers)
+    raise ValueError(f"unknown head kind {kind!r}")
