@@ -17,6 +17,7 @@ import platform
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,10 @@ class NpzDataset(Dataset):
         return {"index": i, "embedding": torch.from_numpy(emb)}
 
 
+def _open_dataset(root: Path):
+    return open_store(root).dataset()
+
+
 def make_data(n: int, dim: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     rng = np.random.default_rng(seed)
     clip_ids = [f"yt{i:07d}x_{(i % 50) * 10:.3f}_{(i % 50) * 10 + 10:.3f}" for i in range(n)]
@@ -55,8 +60,15 @@ def write_npz(folder: Path, clip_ids: list[str], emb: np.ndarray) -> None:
 
 
 def write_store(root: Path, backend: str, dtype: str, clip_ids: list[str], emb: np.ndarray) -> None:
-    w = StoreWriter(root, backend, "shard", max_count=100_000, max_bytes=4 << 30, dtype=dtype,
-                    meta={"teacher": TeacherMeta(name="bench", dim=emb.shape[1], sample_rate=16000)})
+    w = StoreWriter(
+        root,
+        backend,
+        "shard",
+        max_count=100_000,
+        max_bytes=4 << 30,
+        dtype=dtype,
+        meta={"teacher": TeacherMeta(name="bench", dim=emb.shape[1], sample_rate=16000)},
+    )
     pos = {c: i for i, c in enumerate(clip_ids)}
     for plan in w.plan_shards(clip_ids, clips_per_shard=5000):
         w.write_shard(plan, (WindowRecord(c, 0, 0.0, 10.0, emb[pos[c]]) for c in plan.clip_ids))
@@ -71,15 +83,25 @@ def warm(folder: Path) -> None:
                     pass
 
 
-def time_loader(ds, n: int, workers: int, batch: int, seed: int, ref: np.ndarray, shuffle: bool = True,
-                batched: bool = False) -> float:
+def time_loader(
+    ds,
+    n: int,
+    workers: int,
+    batch: int,
+    seed: int,
+    ref: np.ndarray,
+    shuffle: bool = True,
+    batched: bool = False,
+) -> float:
     """samples/s over one epoch, excluding the first batch; checks every batch against ``ref``.
 
     ``batched``: use the store's ``loader`` (BatchSampler + get_batch) instead of DataLoader(batch_size=...).
     """
     sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else None
-    if batched:
+    if batched and shuffle:
         dl = ds.loader(batch, sampler=sampler, num_workers=workers)
+    elif batched:  # streaming store loader: order comes from the stream (shuffled parts + buffer)
+        dl = ds.loader(batch, num_workers=workers)
     else:
         dl = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers)
     it = iter(dl)
@@ -89,7 +111,9 @@ def time_loader(ds, n: int, workers: int, batch: int, seed: int, ref: np.ndarray
     for b in it:
         seen += len(b["index"])
         k = int(b["index"][0])
-        if not np.allclose(b["embedding"][0].numpy(), ref[k], atol=2e-3 * max(1.0, float(np.abs(ref[k]).max()))):
+        if not np.allclose(
+            b["embedding"][0].numpy(), ref[k], atol=2e-3 * max(1.0, float(np.abs(ref[k]).max()))
+        ):
             raise AssertionError(f"wrong embedding for index {k}")
     dt = time.perf_counter() - t0
     if seen != n:
@@ -127,46 +151,68 @@ def main() -> None:
         warm(work)
 
         npz_app, npz_alloc = dir_bytes(work / "npz", "*.npz")
-        sizes = {"npz_float32": {"bytes_per_embedding": npz_app / args.n,
-                                 "allocated_bytes_per_embedding": npz_alloc / args.n}}
+        sizes = {
+            "npz_float32": {
+                "bytes_per_embedding": npz_app / args.n,
+                "allocated_bytes_per_embedding": npz_alloc / args.n,
+            }
+        }
         for backend, dtype in variants:
             app, alloc = dir_bytes(work / f"{backend}_{dtype}", "shard-*")
-            sizes[f"{backend}_{dtype}"] = {"bytes_per_embedding": app / args.n,
-                                           "allocated_bytes_per_embedding": alloc / args.n,
-                                           "ratio_vs_npz": app / npz_app}
+            sizes[f"{backend}_{dtype}"] = {
+                "bytes_per_embedding": app / args.n,
+                "allocated_bytes_per_embedding": alloc / args.n,
+                "ratio_vs_npz": app / npz_app,
+            }
 
         # (name, dataset factory, batched): "batched" = store.dataset().loader(...) (get_batch per worker
         # call); otherwise a plain DataLoader(batch_size=64), which uses the dataset's __getitems__.
         loaders = [("npz_float32", lambda: NpzDataset(work / "npz", clip_ids), False)]
         for backend, dtype in variants:
-            make = (lambda r=work / f"{backend}_{dtype}": open_store(r).dataset())
+            make = partial(_open_dataset, work / f"{backend}_{dtype}")
             loaders.append((f"{backend}_{dtype}", make, True))
             loaders.append((f"{backend}_{dtype}_getitems", make, False))
         best: dict[str, float] = {}
         for rep in range(args.repeats):  # interleaved repeats: machine noise hits every layout alike
             for name, make, batched in loaders:
-                sps = time_loader(make(), args.n, args.workers, args.batch, seed=rep, ref=emb, batched=batched)
+                sps = time_loader(
+                    make(), args.n, args.workers, args.batch, seed=rep, ref=emb, batched=batched
+                )
                 best[name] = max(best.get(name, 0.0), sps)
                 print(f"rep {rep} {name:24s} {sps:10.0f} samples/s", flush=True)
         stream: dict[str, float] = {}
         for backend, dtype in variants:
             ds = open_store(work / f"{backend}_{dtype}").stream(shuffle=True, shuffle_buffer=2048)
-            stream[f"{backend}_{dtype}"] = time_loader(ds, args.n, args.workers, args.batch, 0, emb, shuffle=False)
+            stream[f"{backend}_{dtype}"] = time_loader(
+                ds, args.n, args.workers, args.batch, 0, emb, shuffle=False, batched=True
+            )
 
         base = best["npz_float32"]
         result = {
             "benchmark": "store_read",
-            "config": {"n": args.n, "dim": args.dim, "workers": args.workers, "batch": args.batch,
-                       "loader": "<store>: dataset().loader() (BatchSampler + get_batch); <store>_getitems: "
-                                 "DataLoader(batch_size) over the map-style dataset (__getitems__); npz: "
-                                 "DataLoader(batch_size) with np.load per item",
-                       "order": "random (RandomSampler)", "repeats": args.repeats, "page_cache": "warm",
-                       "clips_per_shard": 5000},
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+            "config": {
+                "n": args.n,
+                "dim": args.dim,
+                "workers": args.workers,
+                "batch": args.batch,
+                "loader": "<store>: dataset().loader() (BatchSampler + get_batch); <store>_getitems: "
+                "DataLoader(batch_size) over the map-style dataset (__getitems__); npz: "
+                "DataLoader(batch_size) with np.load per item",
+                "order": "random (RandomSampler)",
+                "repeats": args.repeats,
+                "page_cache": "warm",
+                "clips_per_shard": 5000,
+            },
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            },
             "random_access_samples_per_s": {k: round(v, 1) for k, v in best.items()},
             "ratio_vs_npz": {k: round(v / base, 2) for k, v in best.items() if k != "npz_float32"},
-            "streaming_samples_per_s (shuffle buffer 2048, not random access)": {
-                k: round(v, 1) for k, v in stream.items()},
+            "streaming_samples_per_s (stream().loader(), shuffled parts + buffer 2048; not random access)": {
+                k: round(v, 1) for k, v in stream.items()
+            },
             "bytes": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in sizes.items()},
             "write_seconds": {k: round(v, 2) for k, v in write_s.items()},
         }

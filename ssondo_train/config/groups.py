@@ -113,3 +113,84 @@ class StudentConfig:
         if unknown:
             raise ValueError(f"student.kwargs has unknown keys {unknown} for {self.name}; "
                              f"allowed: {', '.join(sorted(accepted))}")
+
+
+@register_schema("teacher")
+@dataclasses.dataclass
+class TeacherConfig:
+    """Teacher model (``configs/teacher/*.yaml``); every key but ``name`` goes to ``build_teacher``."""
+
+    name: str = "whisper_tiny"
+    model_path: str | None = None
+    pooling: str = "meanstd"
+    layer: int = -1
+    checkpoint_path: str | None = None
+    allow_unexpected_keys: bool = False
+    config: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ssondo_train.teachers import TEACHERS
+
+        check_choice("teacher.name", self.name, TEACHERS)
+        if self.name == "whisper_tiny":
+            check_choice("teacher.pooling", self.pooling, ("meanstd", "mean"))
+
+    def build_kwargs(self) -> dict:
+        """Keyword arguments of ``build_teacher`` for this teacher."""
+        if self.name == "whisper_tiny":
+            return {"model_path": self.model_path, "pooling": self.pooling, "layer": self.layer}
+        return {"checkpoint_path": self.checkpoint_path, "allow_unexpected_keys": self.allow_unexpected_keys,
+                "config": dict(self.config) or None}
+
+
+@register_schema("store")
+@dataclasses.dataclass
+class StoreConfig:
+    """Teacher-embedding store (``configs/store/*.yaml``)."""
+
+    backend: str = "wds"
+    dtype: str = "float16"
+    max_count: int = 10_000
+    max_bytes: int = 1_000_000_000
+    audio_codec: str = "flac"
+
+    def __post_init__(self) -> None:
+        from ssondo_train.store import AUDIO_CODECS, BACKENDS
+
+        check_choice("store.backend", self.backend, BACKENDS)
+        check_choice("store.dtype", self.dtype, ("float16", "float32"))
+        check_choice("store.audio_codec", self.audio_codec, AUDIO_CODECS)
+        check_range("store.max_count", self.max_count, 1)
+        check_range("store.max_bytes", self.max_bytes, 1)
+
+
+@register_schema("precompute")
+@dataclasses.dataclass
+class PrecomputeConfig:
+    """``precompute:`` section (``configs/stage/precompute.yaml``)."""
+
+    manifest: str | None = None
+    max_clips: int | None = None
+    window_seconds: float = 10.0
+    hop_seconds: float = 10.0
+    tail: str = "pad"
+    min_seconds: float = 0.1
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "fp32"
+    num_workers: int = 2
+    clips_per_shard: int = 500
+    store_student_audio: bool = True
+    valid_fraction: float = 0.05
+    merge_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        check_range("precompute.window_seconds", self.window_seconds, 0.0, low_open=True)
+        check_range("precompute.hop_seconds", self.hop_seconds, 0.0, low_open=True)
+        check_choice("precompute.tail", self.tail, ("pad", "drop"))
+        check_choice("precompute.precision", self.precision, ("fp32", "bf16", "fp16"))
+        check_choice("precompute.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        check_range("precompute.batch_size", self.batch_size, 1)
+        check_range("precompute.num_workers", self.num_workers, 0)
+        check_range("precompute.clips_per_shard", self.clips_per_shard, 1)
+        check_range("precompute.valid_fraction", self.valid_fraction, 0.0, 0.5)

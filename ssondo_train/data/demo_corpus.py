@@ -29,6 +29,7 @@ import struct
 import subprocess
 import tempfile
 import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -946,10 +947,14 @@ def _run_jobs(jobs: list[RenderJob], workers: int) -> list[list[RenderResult]]:
                 results[j] = render_job(jobs[j])
                 bar.update(len(jobs[j].items))
         else:
-            ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-            with ctx.Pool(workers, initializer=_init_worker) as pool:
-                for j, res in zip(order, pool.imap(render_job, [jobs[j] for j in order], chunksize=1)):
-                    results[j] = res
+            # spawn: never fork a process that may hold torch threads. An executor (unlike Pool) raises
+            # BrokenProcessPool when a worker dies instead of respawning it forever.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+                futures = {pool.submit(render_job, jobs[j]): j for j in order}
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    results[futures[fut]] = res
                     bar.update(len(res))
     return results
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,13 @@ from torch import nn
 
 from ssondo_train.export.formats import (
     PreprocessSpec,
-    head_sidecar,
     load_export_config,
     load_head,
     load_safetensors,
     load_ssondo_checkpoint,
 )
 from ssondo_train.inference.model import SsondoModel, Tail, build_head
-from ssondo_train.inference.registry import HEADS, MODELS, HubDownloadError, hub_download
+from ssondo_train.inference.registry import HEADS, MODELS, hub_download
 from ssondo_train.students import StudentWithProjector
 
 log = logging.getLogger(__name__)
@@ -71,13 +69,9 @@ def load_student(checkpoint: str | Path) -> tuple[StudentWithProjector, Preproce
 def _load_pretrained_head(head: str) -> tuple[nn.Linear, dict[str, Any]]:
     path = Path(head)
     if head in HEADS:
-        path = hub_download(HEADS[head].filename)
-        linear, meta = load_head(path)
-        if not meta:  # the sidecar is optional on the Hub (ssondo's own heads have none)
-            try:
-                meta = json.loads(hub_download(str(head_sidecar(HEADS[head].filename))).read_text(encoding="utf-8"))
-            except (HubDownloadError, ValueError):
-                meta = {}
+        # Only the .pth is fetched (ssondo's published heads have no sidecar); a sidecar JSON already in
+        # the cache next to it is read by load_head.
+        linear, meta = load_head(hub_download(HEADS[head].filename))
         expected = HEADS[head].n_classes
         if expected is not None and linear.out_features != expected:
             raise ValueError(f"head {head!r}: file has {linear.out_features} classes, registry says {expected}")

@@ -80,7 +80,7 @@ def hub_download(filename: str, repo_id: str = HF_REPO_ID, revision: str | None 
     """Path of ``filename`` from ``repo_id``: the local Hugging Face cache, downloading it if needed.
 
     With ``HF_HUB_OFFLINE=1`` only the cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
-    ``~/.cache/huggingface/hub``) is used.
+    ``~/.cache/huggingface/hub``) is used. These variables and ``HF_ENDPOINT`` are read at call time.
 
     Raises:
         ImportError: ``huggingface_hub`` is not installed.
@@ -94,7 +94,7 @@ def hub_download(filename: str, repo_id: str = HF_REPO_ID, revision: str | None 
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
     try:
         local = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=_cache_dir(),
-                                local_files_only=offline)
+                                local_files_only=offline, endpoint=os.environ.get("HF_ENDPOINT") or None)
     except Exception as err:  # the hub raises many types (HTTP, connection, offline, missing entry)
         if offline:
             why = ("HF_HUB_OFFLINE=1 is set and the file is not in the local Hugging Face cache "

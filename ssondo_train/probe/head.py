@@ -140,6 +140,8 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     mean = float(v.mean())
     if v.size == 1:
         return mean, float("nan")
+    if np.ptp(v) == 0:  # identical runs (deterministic fit): exactly no spread, not rounding noise
+        return mean, 0.0
     from scipy.stats import t as student_t  # scipy is only needed here
 
     half = float(student_t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
@@ -262,11 +264,14 @@ class _Rotated:
 
 
 def _rotate(x: torch.Tensor) -> _Rotated:
-    """Eigendecomposition of ``x^T x / N`` (float64 for accuracy) and the rotated design ``x @ v``."""
-    cov = (x.double().T @ x.double()) / max(len(x), 1)
+    """Eigendecomposition of ``x^T x / N`` and the rotated design ``x @ v``.
+
+    float32 is enough: ``v`` only needs to be orthogonal (to ~1e-6) for the rotated problem to equal the
+    original one; eigenvalue errors merely make the preconditioner slightly less ideal.
+    """
+    cov = (x.T @ x) / max(len(x), 1)
     lam, v = torch.linalg.eigh(cov)
-    v32 = v.to(x.dtype)
-    return _Rotated(v=v32, lam=lam.clamp_min(0.0).to(x.dtype), z=x @ v32)
+    return _Rotated(v=v, lam=lam.clamp_min(0.0), z=x @ v)
 
 
 def _curvature(task_type: str, n_classes: int) -> float:
@@ -466,6 +471,7 @@ def fit_linear_probe(
     # strongest regularisation first: it converges fastest and is the best warm start for the next one
     wds_sorted = sorted({float(w) for w in weight_decays}, reverse=True)
     grid: list[GridPoint] = []
+    fitted: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept for refit=False (K x D x C floats, small)
     for lr in lrs:
         if grid_strategy == "batched":
             wd_t = torch.tensor(wds_sorted, device=dev, dtype=torch.float32)
@@ -483,6 +489,7 @@ def fit_linear_probe(
                 logits = (zv @ w + b).cpu().numpy()
                 score = task_metric(logits, y_val, task_type, mask_val)
                 grid.append(GridPoint(float(lr), wd, score, ev))
+                fitted.append((w, b))
                 log.debug("probe grid lr=%g wd=%g val=%.4f evals=%d", lr, wd, score, ev)
 
     def key(g: GridPoint) -> tuple[float, float]:
@@ -511,13 +518,8 @@ def fit_linear_probe(
         w, b, _ = _solve(rot_all, ya, ma, task_type, wd_t, best.lr, max_epochs, solver, None, n_classes, tol)
         head = _make_head(rot_all.v @ w[0], b[0])
     else:
-        idx = grid.index(best)
-        wd_pos = idx % len(wds_sorted)
-        lr_pos = idx // len(wds_sorted)
-        # recompute the chosen fit (cheap, keeps memory flat for big grids)
-        wd_t = torch.tensor([wds_sorted[wd_pos]], device=dev, dtype=torch.float32)
-        w, b, _ = _solve(rot, yt, mt, task_type, wd_t, list(lrs)[lr_pos], max_epochs, solver, None, n_classes, tol)
-        head = _make_head(rot.v @ w[0], b[0])
+        w, b = fitted[grid.index(best)]
+        head = _make_head(rot.v @ w, b)
 
     return ProbeResult(
         head=head,

@@ -12,6 +12,7 @@ from ssondo_train.stages.base import Stage, StageContext, StageError, run_stage
 # Pipeline order: stage name -> module exposing ``STAGE``. Imported on use so ``--help`` stays fast.
 STAGES: dict[str, str] = {
     "prepare": "ssondo_train.stages.prepare",
+    "precompute": "ssondo_train.stages.precompute",
 }
 
 

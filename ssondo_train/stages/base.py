@@ -126,6 +126,9 @@ def run_stage(stage: Stage, cfg: DictConfig, run_dir: Path, force: bool = False)
         marker.unlink()
     started = time.time()
     figures = stage.run(ctx) or {}
+    if figures.get("_rank_only"):
+        # A non-zero rank of a distributed stage: rank 0 writes the marker.
+        return figures
     done = {
         "format_version": DONE_FORMAT_VERSION,
         "stage": stage.name,

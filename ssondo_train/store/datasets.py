@@ -68,8 +68,12 @@ class StoreWindowDataset(Dataset):
         embedding_dtype: torch dtype of ``embedding`` / ``layers`` (default float32).
     """
 
-    def __init__(self, store: EmbeddingStore | str | Path, fields: Sequence[str] = ("embedding",),
-                 embedding_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        store: EmbeddingStore | str | Path,
+        fields: Sequence[str] = ("embedding",),
+        embedding_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.store = _as_store(store)
         self.fields = _check_fields(self.store, fields)
         self.embedding_dtype = embedding_dtype
@@ -85,7 +89,8 @@ class StoreWindowDataset(Dataset):
         """Collated batch of the given windows (repeats allowed)::
 
             {"index": (B,) int64, "clip_id": list[str], "window": (B,) int64, "start", "end": (B,) float64,
-             "embedding": (B, D), ["layers": (B, L, D)], ["audio": (B, T) float32, or a list if lengths differ]}
+             "embedding": (B, D), ["layers": (B, L, D)],
+             ["audio": (B, T) float32, or a list if lengths differ]}
 
         Tensors, or numpy arrays when ``as_numpy`` (what :meth:`loader` workers send: see there).
         """
@@ -109,10 +114,18 @@ class StoreWindowDataset(Dataset):
             batch["audio"] = np.stack(waves) if len({w.shape[0] for w in waves}) == 1 else waves
         return _numpy_batch(batch) if as_numpy else _torch_batch(batch)
 
-    def loader(self, batch_size: int, sampler: Sampler[int] | None = None, shuffle: bool = False,
-               drop_last: bool = False, generator: torch.Generator | None = None, **kwargs: Any) -> StoreLoader:
+    def loader(
+        self,
+        batch_size: int,
+        sampler: Sampler[int] | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> StoreLoader:
         """DataLoader yielding :meth:`get_batch` batches (tensors): ``sampler`` (e.g. a WeightedRandomSampler
-        drawing window indices with replacement) is grouped by a BatchSampler and a worker reads a whole batch.
+        drawing window indices with replacement) is grouped by a BatchSampler and a worker reads a whole
+        batch.
 
         Workers send numpy arrays, converted to tensors (zero-copy) in the main process: torch tensors cross
         process boundaries as shared-memory file descriptors, one socket round trip per tensor, which was
@@ -124,17 +137,26 @@ class StoreWindowDataset(Dataset):
         """
         if sampler is None:
             sampler = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)
-        return StoreLoader(_BatchView(self), batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
-                           collate_fn=_identity, **kwargs)
+        return StoreLoader(
+            _BatchView(self),
+            batch_size=None,
+            sampler=BatchSampler(sampler, batch_size, drop_last),
+            collate_fn=_identity,
+            **kwargs,
+        )
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         s = self.store
         idx = s._check_indices(indices)
         t = s.table
-        emb = torch.from_numpy(s.get_embeddings(idx)).to(self.embedding_dtype) if "embedding" in self.fields \
+        emb = (
+            torch.from_numpy(s.get_embeddings(idx)).to(self.embedding_dtype)
+            if "embedding" in self.fields
             else None
-        layers = torch.from_numpy(s.get_layers(idx)).to(self.embedding_dtype) if "layers" in self.fields \
-            else None
+        )
+        layers = (
+            torch.from_numpy(s.get_layers(idx)).to(self.embedding_dtype) if "layers" in self.fields else None
+        )
         items = []
         for j, i in enumerate(idx.tolist()):
             item: dict[str, Any] = {
@@ -194,7 +216,9 @@ class StoreLoader(DataLoader):
         return (_torch_batch(b) for b in super().__iter__())
 
 
-def split_parts(parts: Sequence[int], rank: int, world_size: int, worker_id: int, num_workers: int) -> list[int]:
+def split_parts(
+    parts: Sequence[int], rank: int, world_size: int, worker_id: int, num_workers: int
+) -> list[int]:
     """Explicit node + worker splitter: consumer ``rank * num_workers + worker_id`` of
     ``world_size * num_workers`` takes every such-th part. Disjoint, and the union is all parts."""
     consumers = world_size * num_workers
@@ -213,8 +237,8 @@ class StoreStreamDataset(IterableDataset):
 
     With ``world_size * num_workers`` consumers, consumer c reads parts ``order[c::consumers]`` where
     ``order`` is the part order, shuffled per epoch (``seed + epoch``) when ``shuffle``. Ranks get different
-    numbers of windows when parts are uneven: under DDP, bound the epoch by steps (e.g. ``limit_train_batches``)
-    rather than relying on every rank's stream ending together.
+    numbers of windows when parts are uneven: under DDP, bound the epoch by steps (e.g.
+    ``limit_train_batches``) rather than relying on every rank's stream ending together.
 
     Args:
         store: an open :class:`EmbeddingStore` or a store root.
@@ -226,9 +250,17 @@ class StoreStreamDataset(IterableDataset):
         embedding_dtype: torch dtype of ``embedding`` / ``layers``.
     """
 
-    def __init__(self, store: EmbeddingStore | str | Path, fields: Sequence[str] = ("embedding",),
-                 rank: int | None = None, world_size: int | None = None, shuffle: bool = False, seed: int = 0,
-                 shuffle_buffer: int = 0, embedding_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        store: EmbeddingStore | str | Path,
+        fields: Sequence[str] = ("embedding",),
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 0,
+        embedding_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.store = _as_store(store)
         self.fields = _check_fields(self.store, fields)
         self.rank, self.world_size = rank, world_size
@@ -239,13 +271,16 @@ class StoreStreamDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def my_parts(self) -> list[int]:
-        """Parts this (rank, worker) reads this epoch."""
+    def _consumer(self) -> tuple[int, int, int, int]:
+        """(rank, world_size, worker_id, num_workers) of the calling process."""
         rank, world = (self.rank, self.world_size) if self.rank is not None else _dist_rank_world()
-        if world is None:
-            world = 1
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank, world or 1, wid, nw
+
+    def my_parts(self) -> list[int]:
+        """Parts this (rank, worker) reads this epoch."""
+        rank, world, wid, nw = self._consumer()
         order = list(range(len(self.store.parts)))
         if self.shuffle:
             random.Random(self.seed + self.epoch).shuffle(order)
@@ -254,13 +289,34 @@ class StoreStreamDataset(IterableDataset):
         return split_parts(order, rank, world, wid, nw)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Items with tensors (see module docstring)."""
+        for item in self._iter_items():
+            yield self._to_torch(item)
+
+    def loader(self, batch_size: int, drop_last: bool = False, **kwargs: Any) -> StoreLoader:
+        """DataLoader of batches built in the workers (numpy across processes, tensors on output; the same
+        batch layout as :meth:`StoreWindowDataset.get_batch`). ``kwargs`` go to DataLoader."""
+        return StoreLoader(
+            _StreamBatches(self, batch_size, drop_last), batch_size=None, collate_fn=_identity, **kwargs
+        )
+
+    def _to_torch(self, item: dict[str, Any]) -> dict[str, Any]:
+        for k in ("embedding", "layers"):
+            if k in item:
+                item[k] = torch.from_numpy(np.array(item[k])).to(self.embedding_dtype)
+        if "audio" in item:
+            item["audio"] = torch.from_numpy(item["audio"])
+        return item
+
+    def _iter_items(self) -> Iterator[dict[str, Any]]:
+        """Raw items (numpy payloads in the store dtype), shuffled through the buffer if asked."""
         parts = self.my_parts()
         gen = (item for p in parts for item in self._iter_part(p))
         if not (self.shuffle and self.shuffle_buffer > 1):
             yield from gen
             return
-        info = get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, self.rank, info.id if info else 0)))
+        rank, _, wid, _ = self._consumer()
+        rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 1009 + rank) * 1009 + wid)
         buf: list[dict[str, Any]] = []
         for item in gen:
             if len(buf) < self.shuffle_buffer:
@@ -281,16 +337,30 @@ class StoreStreamDataset(IterableDataset):
         else:
             yield from self._iter_h5(path, base)
 
-    def _item(self, index: int, clip_id: str, window: int, start: float, end: float, emb: np.ndarray,
-              layers: np.ndarray | None, audio: np.ndarray | None) -> dict[str, Any]:
-        item: dict[str, Any] = {"index": index, "clip_id": clip_id, "window": int(window), "start": float(start),
-                                "end": float(end)}
+    def _item(
+        self,
+        index: int,
+        clip_id: str,
+        window: int,
+        start: float,
+        end: float,
+        emb: np.ndarray,
+        layers: np.ndarray | None,
+        audio: np.ndarray | None,
+    ) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "index": index,
+            "clip_id": clip_id,
+            "window": int(window),
+            "start": float(start),
+            "end": float(end),
+        }
         if "embedding" in self.fields:
-            item["embedding"] = torch.from_numpy(np.array(emb)).to(self.embedding_dtype)
+            item["embedding"] = emb
         if "layers" in self.fields and layers is not None:
-            item["layers"] = torch.from_numpy(np.array(layers)).to(self.embedding_dtype)
+            item["layers"] = layers
         if "audio" in self.fields and audio is not None:
-            item["audio"] = torch.from_numpy(audio)
+            item["audio"] = audio
         return item
 
     def _iter_tar(self, path: Path, base: int) -> Iterator[dict[str, Any]]:
@@ -307,10 +377,14 @@ class StoreStreamDataset(IterableDataset):
                 layers = None
                 if "layers" in self.fields:
                     layers = np.frombuffer(members[lay_ext], dtype=s.np_dtype).reshape(s.num_layers, s.dim)
-                audio = decode_audio(members[aud_ext], s.audio_codec) if "audio" in self.fields and aud_ext \
+                audio = (
+                    decode_audio(members[aud_ext], s.audio_codec)
+                    if "audio" in self.fields and aud_ext
                     else None
-                yield self._item(base + n, meta["clip_id"], meta["window"], meta["start"], meta["end"], emb,
-                                 layers, audio)
+                )
+                yield self._item(
+                    base + n, meta["clip_id"], meta["window"], meta["start"], meta["end"], emb, layers, audio
+                )
 
     def _iter_h5(self, path: Path, base: int, block: int = 1024) -> Iterator[dict[str, Any]]:
         import h5py
@@ -328,5 +402,49 @@ class StoreStreamDataset(IterableDataset):
                 for j in range(hi - lo):
                     c = clip[j].decode("utf-8") if isinstance(clip[j], bytes) else clip[j]
                     audio = decode_audio(aud[j].tobytes(), s.audio_codec) if aud is not None else None
-                    yield self._item(base + lo + j, c, win[j], st[j], en[j], emb[j],
-                                     lay[j] if lay is not None else None, audio)
+                    yield self._item(
+                        base + lo + j,
+                        c,
+                        win[j],
+                        st[j],
+                        en[j],
+                        emb[j],
+                        lay[j] if lay is not None else None,
+                        audio,
+                    )
+
+
+class _StreamBatches(IterableDataset):
+    """Groups a :class:`StoreStreamDataset`'s items into numpy batches inside each worker."""
+
+    def __init__(self, stream: StoreStreamDataset, batch_size: int, drop_last: bool) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self.stream, self.batch_size, self.drop_last = stream, batch_size, drop_last
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        buf: list[dict[str, Any]] = []
+        for item in self.stream._iter_items():
+            buf.append(item)
+            if len(buf) == self.batch_size:
+                yield self._collate(buf)
+                buf = []
+        if buf and not self.drop_last:
+            yield self._collate(buf)
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        dt = self.stream.embedding_dtype
+        batch: dict[str, Any] = {
+            "index": np.array([it["index"] for it in items], dtype=np.int64),
+            "clip_id": [it["clip_id"] for it in items],
+            "window": np.array([it["window"] for it in items], dtype=np.int64),
+            "start": np.array([it["start"] for it in items], dtype=np.float64),
+            "end": np.array([it["end"] for it in items], dtype=np.float64),
+        }
+        for k in ("embedding", "layers"):
+            if k in items[0]:
+                batch[k] = torch.from_numpy(np.stack([it[k] for it in items])).to(dt).numpy()
+        if "audio" in items[0]:
+            waves = [it["audio"] for it in items]
+            batch["audio"] = np.stack(waves) if len({w.shape[0] for w in waves}) == 1 else waves
+        return batch

@@ -36,7 +36,9 @@ class FailureLog:
         if isinstance(error, BaseException):
             error = f"{type(error).__name__}: {error}"
         line = json.dumps(asdict(FailureRecord(clip_id, str(path), reason, str(error))), ensure_ascii=False)
-        data = ("\n" + line + "\n").encode("utf-8") if self._needs_newline() else (line + "\n").encode("utf-8")
+        data = (
+            ("\n" + line + "\n").encode("utf-8") if self._needs_newline() else (line + "\n").encode("utf-8")
+        )
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

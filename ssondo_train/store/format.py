@@ -105,8 +105,8 @@ class TeacherMeta:
 def escape_clip_id(clip_id: str) -> str:
     """Escape a clip id for use in a wds key: keep ``[A-Za-z0-9_-]``, percent-encode every other UTF-8 byte.
 
-    ``"abc_30.000_40.000"`` -> ``"abc_30%2E000_40%2E000"``. The mapping is injective (``%`` itself is encoded),
-    so distinct clip ids give distinct keys, and :func:`unescape_clip_id` inverts it.
+    ``"abc_30.000_40.000"`` -> ``"abc_30%2E000_40%2E000"``. The mapping is injective (``%`` itself is
+    encoded), so distinct clip ids give distinct keys, and :func:`unescape_clip_id` inverts it.
     """
     if not isinstance(clip_id, str) or clip_id == "":
         raise ValueError(f"clip_id must be a non-empty str, got {clip_id!r}")

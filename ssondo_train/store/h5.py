@@ -57,19 +57,34 @@ class H5PartWriter:
         f.create_dataset("start", (0,), dtype=np.float64, maxshape=(None,), chunks=(1024,))
         f.create_dataset("end", (0,), dtype=np.float64, maxshape=(None,), chunks=(1024,))
         if num_layers is not None:
-            f.create_dataset("layers", (0, num_layers, dim), dtype=self.dtype,
-                             maxshape=(None, num_layers, dim), chunks=(1, num_layers, dim))
+            f.create_dataset(
+                "layers",
+                (0, num_layers, dim),
+                dtype=self.dtype,
+                maxshape=(None, num_layers, dim),
+                chunks=(1, num_layers, dim),
+            )
         if with_audio:
             f.create_dataset("audio", (0,), dtype=_VLEN_U8, maxshape=(None,), chunks=(64,))
-        self._buf: dict[str, list] = {k: [] for k in ("embedding", "clip_id", "window", "start", "end",
-                                                      "layers", "audio")}
+        self._buf: dict[str, list] = {
+            k: [] for k in ("embedding", "clip_id", "window", "start", "end", "layers", "audio")
+        }
         self._emb_blocks: list[np.ndarray] = []
         self.samples = 0
         self.first_key: str | None = None
         self.last_key: str | None = None
 
-    def add(self, key: str, clip_id: str, window: int, start: float, end: float, emb: np.ndarray,
-            layers: np.ndarray | None, audio: bytes | None) -> None:
+    def add(
+        self,
+        key: str,
+        clip_id: str,
+        window: int,
+        start: float,
+        end: float,
+        emb: np.ndarray,
+        layers: np.ndarray | None,
+        audio: bytes | None,
+    ) -> None:
         b = self._buf
         b["embedding"].append(emb)
         b["clip_id"].append(clip_id)

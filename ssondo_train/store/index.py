@@ -66,14 +66,27 @@ def merge_indexes(root: str | Path, allow_missing: bool = False) -> dict[str, An
             if not p.exists():
                 raise StoreCorruptError(f"part {part['name']} of committed shard {k} is missing")
             if p.stat().st_size != part["bytes"]:
-                raise StoreCorruptError(f"part {part['name']}: {p.stat().st_size} bytes on disk, "
-                                        f"{part['bytes']} recorded at commit")
-            parts.append({"name": part["name"], "shard": k, "samples": part["samples"], "bytes": part["bytes"],
-                          "md5": part["md5"], "first_key": part["first_key"], "last_key": part["last_key"]})
+                raise StoreCorruptError(
+                    f"part {part['name']}: {p.stat().st_size} bytes on disk, "
+                    f"{part['bytes']} recorded at commit"
+                )
+            parts.append(
+                {
+                    "name": part["name"],
+                    "shard": k,
+                    "samples": part["samples"],
+                    "bytes": part["bytes"],
+                    "md5": part["md5"],
+                    "first_key": part["first_key"],
+                    "last_key": part["last_key"],
+                }
+            )
     if missing and not allow_missing:
         shown = ", ".join(str(k) for k in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise StoreIncompleteError(f"{root}: {len(missing)} of {plan['num_shards']} planned shards are not "
-                                   f"committed (shards {shown}); rerun the writer to finish them")
+        raise StoreIncompleteError(
+            f"{root}: {len(missing)} of {plan['num_shards']} planned shards are not "
+            f"committed (shards {shown}); rerun the writer to finish them"
+        )
     num_samples = sum(p["samples"] for p in parts)
     index = {
         "format": FORMAT_NAME,
@@ -116,8 +129,12 @@ def verify_parts(root: str | Path, index: dict[str, Any], md5: bool = True) -> N
             raise StoreCorruptError(f"part {part['name']} listed in {INDEX_FILE} is missing")
         size = p.stat().st_size
         if size != part["bytes"]:
-            raise StoreCorruptError(f"part {part['name']} is corrupt: {size} bytes, index says {part['bytes']}")
+            raise StoreCorruptError(
+                f"part {part['name']} is corrupt: {size} bytes, index says {part['bytes']}"
+            )
         if md5:
             digest = md5_file(p)
             if digest != part["md5"]:
-                raise StoreCorruptError(f"part {part['name']} is corrupt: md5 {digest}, index says {part['md5']}")
+                raise StoreCorruptError(
+                    f"part {part['name']} is corrupt: md5 {digest}, index says {part['md5']}"
+                )

@@ -1,4 +1,5 @@
-"""Deterministic shard planning: shard k = clips [k*clips_per_shard, (k+1)*clips_per_shard) of an ordered list.
+"""Deterministic shard planning: shard k = clips [k*clips_per_shard, (k+1)*clips_per_shard) of an ordered
+clip list.
 
 Because a shard's content depends only on the ordered clip list and ``clips_per_shard`` (never on the rank
 count, the time of the run or what was written before), a rerun can skip committed shards, redo the others and

@@ -79,8 +79,12 @@ class _Table:
         arrays = {k: getattr(self, k) for k in ("clip_of", "window", "start", "end", "part_of", "row")}
         arrays.update({k: getattr(self, k) for k in self._WDS_ARRAYS if getattr(self, k) is not None})
         buf = io.BytesIO()
-        np.savez(buf, clip_blob=np.frombuffer(blob, dtype=np.uint8), num_clips=np.int64(len(self.clip_names)),
-                 **arrays)
+        np.savez(
+            buf,
+            clip_blob=np.frombuffer(blob, dtype=np.uint8),
+            num_clips=np.int64(len(self.clip_names)),
+            **arrays,
+        )
         return buf.getvalue()
 
     @classmethod
@@ -105,7 +109,10 @@ def _build_table(parts: list[dict[str, Any]], columns: list[dict[str, Any]], wds
                 names.append(c)
             ids[j] = k
         clip_of.append(ids)
-    cat = (lambda key: np.concatenate([c[key] for c in columns]) if columns else np.zeros(0, np.int64))
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([c[key] for c in columns]) if columns else np.zeros(0, np.int64)
+
     n_per = [len(c["clip_ids"]) for c in columns]
     table = _Table(
         clip_names=names,
@@ -147,12 +154,16 @@ class EmbeddingStore:
             if d.get("format") != FORMAT_NAME:
                 raise StoreError(f"{self.root}: not a {FORMAT_NAME} store (format={d.get('format')!r})")
             if d.get("version") != FORMAT_VERSION:
-                raise StoreError(f"{self.root}: store format version {d.get('version')} is not supported "
-                                 f"(this code reads version {FORMAT_VERSION})")
+                raise StoreError(
+                    f"{self.root}: store format version {d.get('version')} is not supported "
+                    f"(this code reads version {FORMAT_VERSION})"
+                )
         if self.index["plan_id"] != self.meta["plan"]["plan_id"]:
             raise StoreError(f"{self.root}: index.json and meta.json describe different shard plans")
         if not self.index["complete"]:
-            log.warning("%s: store is incomplete (missing shards %s)", self.root, self.index["missing_shards"])
+            log.warning(
+                "%s: store is incomplete (missing shards %s)", self.root, self.index["missing_shards"]
+            )
         self.backend: str = self.meta["backend"]
         self.dim: int = int(self.meta["dim"])
         self.dtype: str = self.meta["dtype"]
@@ -163,7 +174,9 @@ class EmbeddingStore:
         layers = self.meta.get("layers")
         self.num_layers: int | None = layers["num_layers"] if layers else None
         self.parts: list[dict[str, Any]] = self.index["parts"]
-        self.part_starts = np.concatenate([[0], np.cumsum([p["samples"] for p in self.parts])]).astype(np.int64)
+        self.part_starts = np.concatenate([[0], np.cumsum([p["samples"] for p in self.parts])]).astype(
+            np.int64
+        )
         self._cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".cache"
         if verify != "none":
             verify_parts(self.root, self.index, md5=verify == "md5")
@@ -310,14 +323,16 @@ class EmbeddingStore:
         return np.where(idx < 0, idx + n, idx)
 
     def get_embeddings(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Embeddings of the given global indices (any order, repeats allowed) -> (n, D) in the store dtype."""
+        """Embeddings of global indices (any order, repeats allowed) -> (n, D) in the store dtype."""
         idx = self._check_indices(indices)
         t = self.table
         out = np.empty((idx.size, self.dim), dtype=self.np_dtype)
         nbytes = self.dim * self.np_dtype.itemsize
         if self.backend == "wds":
             assert t.emb_off is not None
-            for j, (part, off) in enumerate(zip(t.part_of[idx].tolist(), t.emb_off[idx].tolist(), strict=True)):
+            for j, (part, off) in enumerate(
+                zip(t.part_of[idx].tolist(), t.emb_off[idx].tolist(), strict=True)
+            ):
                 out[j] = np.frombuffer(os.pread(self._fd(part), nbytes, off), dtype=self.np_dtype)
             return out
         parts, rows = t.part_of[idx], t.row[idx]
@@ -341,10 +356,12 @@ class EmbeddingStore:
             t = self.table
             assert t.layers_off is not None
             nbytes = out[0].nbytes
-            for j, (part, off) in enumerate(zip(t.part_of[idx].tolist(), t.layers_off[idx].tolist(),
-                                                strict=True)):
-                out[j] = np.frombuffer(os.pread(self._fd(part), nbytes, off),
-                                       dtype=self.np_dtype).reshape(self.num_layers, self.dim)
+            for j, (part, off) in enumerate(
+                zip(t.part_of[idx].tolist(), t.layers_off[idx].tolist(), strict=True)
+            ):
+                out[j] = np.frombuffer(os.pread(self._fd(part), nbytes, off), dtype=self.np_dtype).reshape(
+                    self.num_layers, self.dim
+                )
             return out
         t = self.table
         for j, (part, r) in enumerate(zip(t.part_of[idx].tolist(), t.row[idx].tolist(), strict=True)):
@@ -372,19 +389,27 @@ class EmbeddingStore:
             if p["samples"] == 0:
                 continue
             if self.backend == "h5":
-                yield np.array(self._h5_embeddings(k)[:])
+                import h5py
+
+                # A short-lived handle: bulk reads often run in the parent before DataLoader workers fork.
+                with h5py.File(self.root / p["name"], "r") as f:
+                    yield f["embedding"][:]
                 continue
             t = self.table
             lo, hi = self.part_starts[k], self.part_starts[k + 1]
             out = np.empty((hi - lo, self.dim), dtype=self.np_dtype)
-            with open(self.root / p["name"], "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            with (
+                open(self.root / p["name"], "rb") as f,
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+            ):
                 assert t.emb_off is not None
                 for j, off in enumerate(t.emb_off[lo:hi].tolist()):
                     out[j] = np.frombuffer(mm, dtype=self.np_dtype, count=self.dim, offset=off)
             yield out
 
-    def read_all_embeddings(self, dtype: type[np.floating] | str = np.float32) -> tuple[
-            list[tuple[str, int]], np.ndarray]:
+    def read_all_embeddings(
+        self, dtype: type[np.floating] | str = np.float32
+    ) -> tuple[list[tuple[str, int]], np.ndarray]:
         """All embeddings in global index order -> ``(keys, (N, D) array of dtype)`` (e.g. for k-means)."""
         out = np.empty((len(self), self.dim), dtype=dtype)
         pos = 0
@@ -424,8 +449,13 @@ class EmbeddingStore:
         stats = StoreStats(mean=mean, std=np.sqrt(m2 / n), count=n)
         if cache:
             buf = io.BytesIO()
-            np.savez(buf, mean=stats.mean, std=stats.std, count=np.int64(n),
-                     index_sha256=np.str_(self.index_sha256))
+            np.savez(
+                buf,
+                mean=stats.mean,
+                std=stats.std,
+                count=np.int64(n),
+                index_sha256=np.str_(self.index_sha256),
+            )
             try:
                 atomic_write_bytes(path, buf.getvalue())
             except OSError as e:
@@ -450,8 +480,9 @@ class EmbeddingStore:
         return StoreStreamDataset(self, fields=fields, **kwargs)
 
 
-def open_store(root: str | Path, verify: str = "size", cache_dir: str | Path | None = None,
-               require_complete: bool = True) -> EmbeddingStore:
+def open_store(
+    root: str | Path, verify: str = "size", cache_dir: str | Path | None = None, require_complete: bool = True
+) -> EmbeddingStore:
     """Open a finished store.
 
     Args:

@@ -48,7 +48,12 @@ def encode_members(
 
     ``emb`` (D,) / ``layers`` (L, D) are already cast to the store dtype; ``audio`` is already encoded.
     """
-    meta = {"clip_id": rec.clip_id, "window": int(rec.window), "start": float(rec.start), "end": float(rec.end)}
+    meta = {
+        "clip_id": rec.clip_id,
+        "window": int(rec.window),
+        "start": float(rec.start),
+        "end": float(rec.end),
+    }
     out = [(EXT_JSON, json.dumps(meta, separators=(",", ":")).encode("utf-8"))]
     # Raw little-endian bytes: 3840 * 2 or 4 bytes is a whole number of 512-byte tar blocks, so an
     # embedding costs exactly one header block plus its data (an .npy header would add a padded block).

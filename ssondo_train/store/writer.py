@@ -41,8 +41,19 @@ from ssondo_train.store.wds import TarPartWriter, encode_members
 log = logging.getLogger(__name__)
 
 # meta.json fields that must agree between runs/ranks writing into the same root.
-_LAYOUT_KEYS = ("format", "version", "backend", "dtype", "dim", "shard_prefix", "teacher", "audio", "layers",
-                "limits", "plan")
+_LAYOUT_KEYS = (
+    "format",
+    "version",
+    "backend",
+    "dtype",
+    "dim",
+    "shard_prefix",
+    "teacher",
+    "audio",
+    "layers",
+    "limits",
+    "plan",
+)
 
 
 def commit_path(root: Path, prefix: str, shard: int) -> Path:
@@ -126,12 +137,17 @@ class StoreWriter:
             "dim": self.dim,
             "shard_prefix": self.prefix,
             "teacher": self.teacher.to_dict(),
-            "audio": None if self.audio_codec is None else {
-                "codec": self.audio_codec, "sample_rate": self.audio_sample_rate, "channels": 1},
+            "audio": None
+            if self.audio_codec is None
+            else {"codec": self.audio_codec, "sample_rate": self.audio_sample_rate, "channels": 1},
             "layers": None if self.num_layers is None else {"num_layers": self.num_layers},
             "limits": {"max_count": self.max_count, "max_bytes": self.max_bytes},
-            "plan": {"plan_id": plan.plan_id, "clips_per_shard": plan.clips_per_shard,
-                     "num_clips": plan.num_clips, "num_shards": plan.num_shards},
+            "plan": {
+                "plan_id": plan.plan_id,
+                "clips_per_shard": plan.clips_per_shard,
+                "num_clips": plan.num_clips,
+                "num_shards": plan.num_shards,
+            },
             "extra": self.extra,
             "counts": None,
         }
@@ -206,7 +222,8 @@ class StoreWriter:
             emb = emb[0]
         if emb.shape != (self.dim,):
             raise ValueError(f"{rec.clip_id}/w{rec.window}: embedding shape {emb.shape} != ({self.dim},)")
-        emb = emb.astype(self.np_dtype)
+        with np.errstate(over="ignore"):  # overflow to inf in float16 is reported just below
+            emb = emb.astype(self.np_dtype)
         if not np.isfinite(emb).all():
             raise ValueError(f"{rec.clip_id}/w{rec.window}: embedding has NaN/inf after cast to {self.dtype}")
         layers = None
@@ -216,8 +233,10 @@ class StoreWriter:
             layers = np.asarray(rec.layers).reshape(-1, self.dim) if np.ndim(rec.layers) == 3 else rec.layers
             layers = np.asarray(layers).astype(self.np_dtype)
             if layers.shape != (self.num_layers, self.dim):
-                raise ValueError(f"{rec.clip_id}/w{rec.window}: layers shape {layers.shape} != "
-                                 f"({self.num_layers}, {self.dim})")
+                raise ValueError(
+                    f"{rec.clip_id}/w{rec.window}: layers shape {layers.shape} != "
+                    f"({self.num_layers}, {self.dim})"
+                )
         elif rec.layers is not None:
             raise ValueError("record has layers but the writer was created with num_layers=None")
         audio = None
@@ -285,8 +304,10 @@ class StoreWriter:
                 if pos is None:
                     raise ValueError(f"clip {rec.clip_id!r} is not in shard {plan.name}")
                 if (pos, int(rec.window)) <= last:
-                    raise ValueError(f"records out of order in shard {plan.name}: {rec.clip_id!r} window "
-                                     f"{rec.window} after clip #{last[0]} window {last[1]}")
+                    raise ValueError(
+                        f"records out of order in shard {plan.name}: {rec.clip_id!r} window "
+                        f"{rec.window} after clip #{last[0]} window {last[1]}"
+                    )
                 if pos != last[0]:
                     clips_seen += 1
                 last = (pos, int(rec.window))
@@ -296,9 +317,15 @@ class StoreWriter:
                     members = encode_members(rec, emb, layers, self.dtype, self.audio_codec, audio)
                     nbytes = TarPartWriter.record_bytes(members)
                 else:
-                    nbytes = emb.nbytes + (layers.nbytes if layers is not None else 0) + \
-                        (len(audio) if audio is not None else 0) + 64
-                if cur is not None and (cur[1].samples >= self.max_count or cur_bytes + nbytes > self.max_bytes):
+                    nbytes = (
+                        emb.nbytes
+                        + (layers.nbytes if layers is not None else 0)
+                        + (len(audio) if audio is not None else 0)
+                        + 64
+                    )
+                if cur is not None and (
+                    cur[1].samples >= self.max_count or cur_bytes + nbytes > self.max_bytes
+                ):
                     parts.append(self._finish_part(*cur))
                     cur = None
                 if cur is None:

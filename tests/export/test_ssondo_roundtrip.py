@@ -40,7 +40,6 @@ def test_ssondo_client_loads_our_checkpoint(golden: str, atol: float, lengths: t
             a, b = theirs(x), ours(x)
             assert a.shape == b.shape == (1, seconds // 10, student.emb_size)
             assert (a - b).abs().max().item() <= atol
-            assert (theirs.get_embeddings(x) - ours.get_embeddings(x)).abs().max().item() <= atol
 
 
 def test_ssondo_pretrained_head_path_accepts_our_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -240,3 +240,15 @@ def test_normstats_constant_dimension() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         st.apply(x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_matches_cpu() -> None:
+    x, y = blobs(2000, 64, 10, sep=0.4, seed=8)
+    kw = dict(weight_decays=(1e-1, 1e-2, 1e-3), tol=1e-6, max_epochs=1000)
+    cpu = fit_linear_probe(x[:1500], y[:1500], x[1500:1800], y[1500:1800], "multiclass", 10, **kw)
+    gpu = fit_linear_probe(x[:1500], y[:1500], x[1500:1800], y[1500:1800], "multiclass", 10, device="cuda", **kw)
+    assert gpu.weight_decay == cpu.weight_decay
+    assert next(gpu.head.parameters()).device.type == "cpu"
+    np.testing.assert_allclose(gpu.predict(x[1800:]), cpu.predict(x[1800:]), atol=5e-3)

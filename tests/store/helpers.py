@@ -43,8 +43,13 @@ def record(clip: str, w: int, audio: bool, layers: bool, dim: int = DIM) -> Wind
     )
 
 
-def records(clips: Sequence[str], audio: bool = False, layers: bool = False, dim: int = DIM,
-            skip: frozenset[str] = frozenset()) -> Iterator[WindowRecord]:
+def records(
+    clips: Sequence[str],
+    audio: bool = False,
+    layers: bool = False,
+    dim: int = DIM,
+    skip: frozenset[str] = frozenset(),
+) -> Iterator[WindowRecord]:
     for c in clips:
         if c in skip:
             continue
@@ -52,18 +57,46 @@ def records(clips: Sequence[str], audio: bool = False, layers: bool = False, dim
             yield record(c, w, audio, layers, dim)
 
 
-def make_writer(root: Path, backend: str, dtype: str = "float16", audio: str | None = None, layers: bool = False,
-                max_count: int = 1000, max_bytes: int = 1 << 30, dim: int = DIM) -> StoreWriter:
-    return StoreWriter(root, backend, "shard", max_count=max_count, max_bytes=max_bytes, dtype=dtype,
-                       meta={"teacher": TeacherMeta(name="M2D", dim=dim, sample_rate=16000,
-                                                    checkpoint_sha256="ab" * 32, layer=12),
-                             "source": "tests"},
-                       audio_codec=audio, num_layers=LAYERS if layers else None)
+def make_writer(
+    root: Path,
+    backend: str,
+    dtype: str = "float16",
+    audio: str | None = None,
+    layers: bool = False,
+    max_count: int = 1000,
+    max_bytes: int = 1 << 30,
+    dim: int = DIM,
+) -> StoreWriter:
+    return StoreWriter(
+        root,
+        backend,
+        "shard",
+        max_count=max_count,
+        max_bytes=max_bytes,
+        dtype=dtype,
+        meta={
+            "teacher": TeacherMeta(
+                name="M2D", dim=dim, sample_rate=16000, checkpoint_sha256="ab" * 32, layer=12
+            ),
+            "source": "tests",
+        },
+        audio_codec=audio,
+        num_layers=LAYERS if layers else None,
+    )
 
 
-def build_store(root: Path, backend: str, clips: Sequence[str], clips_per_shard: int = 4, world_size: int = 1,
-                dtype: str = "float16", audio: str | None = None, layers: bool = False,
-                max_count: int = 1000, skip: frozenset[str] = frozenset()) -> dict:
+def build_store(
+    root: Path,
+    backend: str,
+    clips: Sequence[str],
+    clips_per_shard: int = 4,
+    world_size: int = 1,
+    dtype: str = "float16",
+    audio: str | None = None,
+    layers: bool = False,
+    max_count: int = 1000,
+    skip: frozenset[str] = frozenset(),
+) -> dict:
     for rank in reversed(range(world_size)):  # higher ranks first: order of ranks must not matter
         w = make_writer(root, backend, dtype, audio, layers, max_count)
         for plan in w.plan_shards(clips, clips_per_shard, rank, world_size):

@@ -57,7 +57,9 @@ def test_plan_is_deterministic_disjoint_and_covering() -> None:
     assert [p.shard for p in single] == [0, 1, 2, 3, 4]
     assert single[-1].clip_ids == tuple(clips[20:])
     r0, r1, r2 = (plan_shards(clips, 5, r, 3) for r in range(3))
-    assert [p.shard for p in r0] == [0, 3] and [p.shard for p in r1] == [1, 4] and [p.shard for p in r2] == [2]
+    assert (
+        [p.shard for p in r0] == [0, 3] and [p.shard for p in r1] == [1, 4] and [p.shard for p in r2] == [2]
+    )
     assert sorted((p for p in r0 + r1 + r2), key=lambda p: p.shard) == single
     assert len({p.plan_id for p in single}) == 1
     assert plan_shards(clips, 6)[0].plan_id != single[0].plan_id

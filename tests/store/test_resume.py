@@ -30,8 +30,11 @@ def content(root: Path) -> tuple[list, np.ndarray, np.ndarray]:
 
 def final_parts(root: Path) -> dict[str, tuple[int, int]]:
     """Final-named part files -> (inode, mtime_ns): tells which files a rerun rewrote."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()
-            if p.name.startswith("shard-") and p.suffix in (".tar", ".h5")}
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in root.iterdir()
+        if p.name.startswith("shard-") and p.suffix in (".tar", ".h5")
+    }
 
 
 @pytest.mark.parametrize("backend", ["wds", "h5"])
@@ -89,7 +92,10 @@ def test_exception_mid_shard_leaves_no_final_partial(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="teacher crashed"):
         w.write_shard(plan, boom())
     # two full parts were renamed (complete files), the third was aborted; no commit => shard pending
-    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000000-000.tar", "shard-000000-001.tar"]
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == [
+        "shard-000000-000.tar",
+        "shard-000000-001.tar",
+    ]
     assert not w.shard_complete(plan)
     for p in tmp_path.glob("shard-*.tar"):
         import tarfile
@@ -140,7 +146,9 @@ def test_corrupt_shard_detected(tmp_path: Path, backend: str) -> None:
         f.seek(offset)
         f.write(bytes([b[0] ^ 0xFF]))
     open_store(tmp_path)  # default verification (sizes) cannot see it
-    with pytest.raises(StoreCorruptError, match=f"{part['name']}.*md5 [0-9a-f]{{32}}, index says {part['md5']}"):
+    with pytest.raises(
+        StoreCorruptError, match=f"{part['name']}.*md5 [0-9a-f]{{32}}, index says {part['md5']}"
+    ):
         open_store(tmp_path, verify="md5")
     with open(path, "ab") as f:
         f.write(b"x")

@@ -20,11 +20,19 @@ def expected(clips, audio=False, layers=False):
 
 
 @pytest.mark.parametrize("backend", ["wds", "h5"])
-@pytest.mark.parametrize("dtype,audio,layers", [("float16", None, False), ("float32", "flac", True),
-                                                ("float16", "pcm16", True), ("float32", "float32", False)])
+@pytest.mark.parametrize(
+    "dtype,audio,layers",
+    [
+        ("float16", None, False),
+        ("float32", "flac", True),
+        ("float16", "pcm16", True),
+        ("float32", "float32", False),
+    ],
+)
 def test_round_trip(tmp_path: Path, backend: str, dtype: str, audio: str | None, layers: bool) -> None:
-    index = build_store(tmp_path, backend, CLIPS, clips_per_shard=4, dtype=dtype, audio=audio, layers=layers,
-                        max_count=3)
+    index = build_store(
+        tmp_path, backend, CLIPS, clips_per_shard=4, dtype=dtype, audio=audio, layers=layers, max_count=3
+    )
     want = expected(CLIPS, audio is not None, layers)
     n = len(want)
     assert n == sum(windows_of(c) for c in CLIPS)
@@ -84,14 +92,15 @@ def test_torch_loaders(tmp_path: Path, backend: str) -> None:
     _, ref = store.read_all_embeddings()
     n = len(store)
     ds = store.dataset(fields=("embedding", "audio"))
-    sampler = torch.utils.data.WeightedRandomSampler(torch.ones(n), 3 * n, replacement=True,
-                                                     generator=torch.Generator().manual_seed(0))
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.ones(n), 10 * n, replacement=True, generator=torch.Generator().manual_seed(0)
+    )
     seen = []
     for b in ds.loader(8, sampler=sampler, num_workers=2):
         np.testing.assert_array_equal(b["embedding"].numpy(), ref[b["index"].numpy()])
         assert b["audio"].shape == (len(b["index"]), 200)
         seen += b["index"].tolist()
-    assert len(seen) == 3 * n and set(seen) == set(range(n))
+    assert len(seen) == 10 * n and set(seen) == set(range(n))
     # standard DataLoader path (__getitems__ + default_collate)
     dl = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True, num_workers=2)
     got = {}
@@ -108,14 +117,28 @@ def test_torch_loaders(tmp_path: Path, backend: str) -> None:
     assert parts >= 4
     union = []
     for rank in range(2):
-        st = store.stream(fields=("embedding",), rank=rank, world_size=2, shuffle=True, seed=3,
-                          shuffle_buffer=4)
+        st = store.stream(
+            fields=("embedding",), rank=rank, world_size=2, shuffle=True, seed=3, shuffle_buffer=4
+        )
         st.set_epoch(1)
-        idx = [i for b in torch.utils.data.DataLoader(st, batch_size=4, num_workers=2) for i in b["index"].tolist()]
+        idx = [
+            i
+            for b in torch.utils.data.DataLoader(st, batch_size=4, num_workers=2)
+            for i in b["index"].tolist()
+        ]
         union += idx
         for b in torch.utils.data.DataLoader(st, batch_size=4, num_workers=0):
             np.testing.assert_array_equal(b["embedding"].numpy(), ref[b["index"].numpy()])
     assert sorted(union) == list(range(n))
+    # streaming batches built in the workers
+    st = store.stream(fields=("embedding", "audio"), shuffle=True, shuffle_buffer=6)
+    got_idx = []
+    for b in st.loader(5, num_workers=2):
+        assert b["embedding"].dtype == torch.float32 and b["audio"].shape == (len(b["index"]), 200)
+        np.testing.assert_array_equal(b["embedding"].numpy(), ref[b["index"].numpy()])
+        assert b["clip_id"] == [keys[i][0] for i in b["index"].tolist()]
+        got_idx += b["index"].tolist()
+    assert sorted(got_idx) == list(range(n)) and got_idx != sorted(got_idx)
 
 
 def test_stats_and_cache(tmp_path: Path) -> None:
@@ -144,7 +167,12 @@ def test_webdataset_library_reads_our_tars(tmp_path: Path) -> None:
     for s, r in zip(samples, want, strict=True):
         assert set(s) >= {"__key__", "json", "emb.f16", "audio.flac"}
         meta = json.loads(s["json"])
-        assert (meta["clip_id"], meta["window"], meta["start"], meta["end"]) == (r.clip_id, r.window, r.start, r.end)
+        assert (meta["clip_id"], meta["window"], meta["start"], meta["end"]) == (
+            r.clip_id,
+            r.window,
+            r.start,
+            r.end,
+        )
         np.testing.assert_array_equal(np.frombuffer(s["emb.f16"], "<f2"), r.embedding.astype(np.float16))
     assert index["parts"][0]["first_key"] == samples[0]["__key__"]
 
