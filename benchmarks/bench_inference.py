@@ -51,8 +51,9 @@ def build_student(weights: str) -> tuple[torch.nn.Module, str]:
             weights = "random"
         else:
             student = student_from_ssondo_config(training_config("mn10"))
-            student.load_state_dict({k.removeprefix("student_model."): v
-                                     for k, v in golden_state_dict("mn10").items()})
+            student.load_state_dict(
+                {k.removeprefix("student_model."): v for k, v in golden_state_dict("mn10").items()}
+            )
             return student.eval(), "golden synthetic mn10 weights (tests/golden.py)"
     return build_student_with_projector("mobilenetv3").eval(), "PyTorch default init"
 
@@ -64,7 +65,9 @@ def build_teacher_model() -> tuple[torch.nn.Module, str]:
         build_teacher = None
     if build_teacher is not None:
         return build_teacher("m2d", allow_random_init=True).eval(), (
-            "ssondo_train.teachers.build_teacher('m2d', allow_random_init=True): M2D ViT-B/16 encoder, random weights")
+            "ssondo_train.teachers.build_teacher('m2d', allow_random_init=True): "
+            "M2D ViT-B/16 encoder, random weights"
+        )
     raise SystemExit("ssondo_train.teachers.build_teacher is not available")
 
 
@@ -72,7 +75,9 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def run_rounds(subjects: dict[str, Callable[[], object]], inner: dict[str, int], rounds: int) -> dict[str, float]:
+def run_rounds(
+    subjects: dict[str, Callable[[], object]], inner: dict[str, int], rounds: int
+) -> dict[str, float]:
     """Median seconds per call of each subject; round-robin, ``inner[name]`` calls per subject per round."""
     times: dict[str, list[float]] = {name: [] for name in subjects}
     for fn in subjects.values():  # warm-up (allocators, ORT graph optimisation, oneDNN primitives)
@@ -118,22 +123,25 @@ def main() -> None:
         wav16 = AF.resample(wav32, STUDENT_SR, TEACHER_SR)
         feed = {"waveform": wav32.numpy()}
 
-        def student_torch() -> object:
+        def student_torch(wav32: torch.Tensor = wav32) -> torch.Tensor:
             with torch.inference_mode():
                 return model.get_embeddings(wav32)
 
-        def student_onnx() -> object:
+        def student_onnx(feed: dict = feed) -> list:
             return sess.run(["embedding"], feed)
 
-        def teacher_torch() -> object:
+        def teacher_torch(wav16: torch.Tensor = wav16) -> torch.Tensor:
             with torch.inference_mode():
                 return teacher.embed(wav16)
 
         # equal outputs first: the ONNX graph must compute what PyTorch computes
         ref = student_torch().numpy()
         onnx_err = float(np.abs(student_onnx()[0] - ref).max() / max(1.0, np.abs(ref).max()))
-        secs = run_rounds({"student_torch": student_torch, "student_onnx": student_onnx, "teacher": teacher_torch},
-                          {"student_torch": 3, "student_onnx": 3, "teacher": 1}, args.rounds)
+        secs = run_rounds(
+            {"student_torch": student_torch, "student_onnx": student_onnx, "teacher": teacher_torch},
+            {"student_torch": 3, "student_onnx": 3, "teacher": 1},
+            args.rounds,
+        )
         results[f"batch{batch}"] = {
             **{f"{k}_ms": 1000 * v for k, v in secs.items()},
             **{f"{k}_clips_per_s": batch / v for k, v in secs.items()},
@@ -141,30 +149,47 @@ def main() -> None:
             "speedup_onnx": secs["teacher"] / secs["student_onnx"],
             "onnx_vs_torch_rel_max_err": onnx_err,
         }
-        print(f"batch {batch}: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in secs.items())
-              + f" | speed-up torch {results[f'batch{batch}']['speedup_torch']:.1f}x, "
-              f"onnx {results[f'batch{batch}']['speedup_onnx']:.1f}x")
+        print(
+            f"batch {batch}: "
+            + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in secs.items())
+            + f" | speed-up torch {results[f'batch{batch}']['speedup_torch']:.1f}x, "
+            f"onnx {results[f'batch{batch}']['speedup_onnx']:.1f}x"
+        )
 
     run = {
         "workload": f"{CLIP_S:.0f}-s clips, waveform to embedding, front-end included; latency = batch 1 "
-                    f"(ms per call), throughput = batch {args.batch} (clips/s); medians of {args.rounds} "
-                    "round-robin rounds",
+        f"(ms per call), throughput = batch {args.batch} (clips/s); medians of {args.rounds} "
+        "round-robin rounds",
         "threads": args.threads,
-        "student": {"name": "MobileNetV3 mn10 (+ projector in the ONNX graph)", "weights": student_weights,
-                    "backbone_params": n_params(student.model), "projector_params":
-                    n_params(student.classification_head), "onnx_file_mb": round(onnx_mb, 1),
-                    "input": "32 kHz waveform"},
-        "teacher": {"name": "m2d", "source": teacher_desc, "params": n_params(teacher),
-                    "input": "16 kHz waveform (the same clip resampled outside the timed region)",
-                    "stand_in": False},
+        "student": {
+            "name": "MobileNetV3 mn10 (+ projector in the ONNX graph)",
+            "weights": student_weights,
+            "backbone_params": n_params(student.model),
+            "projector_params": n_params(student.classification_head),
+            "onnx_file_mb": round(onnx_mb, 1),
+            "input": "32 kHz waveform",
+        },
+        "teacher": {
+            "name": "m2d",
+            "source": teacher_desc,
+            "params": n_params(teacher),
+            "input": "16 kHz waveform (the same clip resampled outside the timed region)",
+            "stand_in": False,
+        },
         "latency_batch1": results["batch1"],
         f"throughput_batch{args.batch}": results[f"batch{args.batch}"],
         "target_speedup": 20.0,
-        "meets_target": min(results["batch1"]["speedup_torch"], results[f"batch{args.batch}"]["speedup_torch"])
+        "meets_target": min(
+            results["batch1"]["speedup_torch"], results[f"batch{args.batch}"]["speedup_torch"]
+        )
         >= 20.0,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "onnxruntime": ort.__version__,
-                    "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+            "python": platform.python_version(),
+        },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

@@ -1,7 +1,7 @@
 """Linear-probe fit: ours (full-batch L-BFGS, torch) vs scikit-learn LogisticRegression(lbfgs), one process.
 
-Data: synthetic cached embeddings shaped like a real probe task (default 5,000 train + 1,000 valid + 2,000 test
-clips, 960-d, 50 classes): class means in a 64-d subspace, shared low-rank "content" noise in the same
+Data: synthetic cached embeddings shaped like a real probe task (default 5,000 train + 1,000 valid + 2,000
+test clips, 960-d, 50 classes): class means in a 64-d subspace, shared low-rank "content" noise in the same
 subspace, isotropic noise with per-dimension scales and offsets, so that the task is far from separable
 (test accuracy ~0.8) and standardisation matters. Both sides get exactly the same standardised features.
 
@@ -9,11 +9,13 @@ Comparisons (scikit-learn's ``C = 1 / (weight_decay * n_train)`` gives both the 
 
 * ``single``: one fit at the weight decay our grid selects, on the training split, ours vs sklearn.
 * ``grid``: the full protocol on both sides: fit every weight decay of the grid on train, select on valid,
-  refit on train + valid. Ours warm-starts along the path (CPU) or fits the grid as one stacked problem (CUDA).
+  refit on train + valid. Ours warm-starts along the path (CPU) or fits the grid as one stacked problem
+  (CUDA).
 * ``grid_vs_sklearn_default``: our full grid protocol vs one sklearn fit at its default ``C = 1`` on train +
   valid (what a user without a grid would do). The 10x target refers to this and to ``single``.
 
-sklearn uses ``tol=1e-4`` (its default) and ``max_iter=1000``; ours ``tol=1e-4`` on the preconditioned gradient
+sklearn uses ``tol=1e-4`` (its default) and ``max_iter=1000``; ours ``tol=1e-4`` on the preconditioned
+gradient
 and ``max_epochs=300``. Accuracies are on the test split. Times are wall-clock seconds after a warm-up.
 Results are merged into ``benchmarks/results/probe_fit.json`` under ``runs[<label>]``.
 
@@ -51,7 +53,11 @@ def make_features(
     scales = np.exp(rng.normal(0.0, 0.5, dim))
     y = np.arange(n) % n_classes
     rng.shuffle(y)
-    x = means[y] + rng.standard_normal((n, 64)) @ basis + rng.standard_normal((n, dim)) * 0.6 * scales / scales.mean()
+    x = (
+        means[y]
+        + rng.standard_normal((n, 64)) @ basis
+        + rng.standard_normal((n, dim)) * 0.6 * scales / scales.mean()
+    )
     x = (x * rng.uniform(0.2, 5.0, dim) + rng.normal(0.0, 3.0, dim)).astype(np.float32)
     a, b = n_train, n_train + n_val
     return {"xtr": x[:a], "ytr": y[:a], "xva": x[a:b], "yva": y[a:b], "xte": x[b:], "yte": y[b:]}
@@ -70,8 +76,8 @@ def sklearn_fit(z: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
 
 
 def sklearn_grid(d: dict[str, np.ndarray], wds: tuple[float, ...]) -> tuple[float, float]:
-    """Same protocol as ours with sklearn: grid on train, select on valid, refit on train+valid. -> (wd, acc)."""
-    st = NormStats.fit(d["xtr"])
+    """Same protocol as ours with sklearn: grid on train, select on valid, refit on train+valid. -> (wd,
+    acc).""" st = NormStats.fit(d["xtr"])
     ztr, zva = st.apply(d["xtr"]), st.apply(d["xva"])
     scores = []
     for wd in wds:
@@ -90,11 +96,21 @@ def run(args: argparse.Namespace) -> dict:
     dev = args.device
 
     def ours_grid():
-        return fit_linear_probe(d["xtr"], d["ytr"], d["xva"], d["yva"], "multiclass", args.classes, device=dev)
+        return fit_linear_probe(
+            d["xtr"], d["ytr"], d["xva"], d["yva"], "multiclass", args.classes, device=dev
+        )
 
     # warm-up: first-call costs (LAPACK/CUDA init, kernels) are not part of a fit
-    fit_linear_probe(d["xtr"][:500], d["ytr"][:500], d["xva"][:100], d["yva"][:100], "multiclass", args.classes,
-                     device=dev, weight_decays=(1e-2,))  # fmt: skip
+    fit_linear_probe(
+        d["xtr"][:500],
+        d["ytr"][:500],
+        d["xva"][:100],
+        d["yva"][:100],
+        "multiclass",
+        args.classes,
+        device=dev,
+        weight_decays=(1e-2,),
+    )
     sklearn_fit(NormStats.fit(d["xtr"][:500]).apply(d["xtr"][:500]), d["ytr"][:500], 1.0)
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
@@ -107,8 +123,17 @@ def run(args: argparse.Namespace) -> dict:
     st = NormStats.fit(d["xtr"])
     ztr, zte = st.apply(d["xtr"]), st.apply(d["xte"])
     res_single, t_ours_single = timed(
-        lambda: fit_linear_probe(d["xtr"], d["ytr"], d["xva"], d["yva"], "multiclass", args.classes, device=dev,
-                                 weight_decays=(wd,), refit=False)  # fmt: skip
+        lambda: fit_linear_probe(
+            d["xtr"],
+            d["ytr"],
+            d["xva"],
+            d["yva"],
+            "multiclass",
+            args.classes,
+            device=dev,
+            weight_decays=(wd,),
+            refit=False,
+        )
     )
     acc_ours_single = evaluate(res_single.head, res_single.stats, d["xte"], d["yte"], "multiclass")
     clf, t_sk_single = timed(lambda: sklearn_fit(ztr, d["ytr"], 1.0 / (wd * len(ztr))))
@@ -118,7 +143,9 @@ def run(args: argparse.Namespace) -> dict:
 
     x_all = np.concatenate([d["xtr"], d["xva"]])
     st_all = NormStats.fit(x_all)
-    clf_def, t_sk_default = timed(lambda: sklearn_fit(st_all.apply(x_all), np.concatenate([d["ytr"], d["yva"]]), 1.0))
+    clf_def, t_sk_default = timed(
+        lambda: sklearn_fit(st_all.apply(x_all), np.concatenate([d["ytr"], d["yva"]]), 1.0)
+    )
     acc_sk_default = float(np.mean(clf_def.predict(st_all.apply(d["xte"])) == d["yte"]))
 
     def cmp(t_ours: float, t_sk: float, a_ours: float, a_sk: float) -> dict:
@@ -138,10 +165,18 @@ def run(args: argparse.Namespace) -> dict:
     except ImportError:  # pragma: no cover
         blas_threads = None
     return {
-        "data": {"n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test, "dim": args.dim,
-                 "classes": args.classes, "seed": args.seed},  # fmt: skip
+        "data": {
+            "n_train": args.n_train,
+            "n_val": args.n_val,
+            "n_test": args.n_test,
+            "dim": args.dim,
+            "classes": args.classes,
+            "seed": args.seed,
+        },
         "device": dev,
-        "device_name": torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name()
+        if dev.startswith("cuda")
+        else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "sklearn_blas_threads": blas_threads,
@@ -179,8 +214,10 @@ def main() -> None:
     os.replace(tmp, args.out)
     for k in ("single", "grid", "grid_vs_sklearn_default"):
         r = result[k]
-        print(f"{k:24s} ours {r['ours_s']:.3f}s  sklearn {r['sklearn_s']:.3f}s  x{r['speedup']:.1f}  "
-              f"acc {r['ours_acc']:.4f} vs {r['sklearn_acc']:.4f}")  # fmt: skip
+        print(
+            f"{k:24s} ours {r['ours_s']:.3f}s  sklearn {r['sklearn_s']:.3f}s  x{r['speedup']:.1f}  "
+            f"acc {r['ours_acc']:.4f} vs {r['sklearn_acc']:.4f}"
+        )
 
 
 if __name__ == "__main__":

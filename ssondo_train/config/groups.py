@@ -194,3 +194,66 @@ class PrecomputeConfig:
         check_range("precompute.num_workers", self.num_workers, 0)
         check_range("precompute.clips_per_shard", self.clips_per_shard, 1)
         check_range("precompute.valid_fraction", self.valid_fraction, 0.0, 0.5)
+
+
+@register_schema("cluster")
+@dataclasses.dataclass
+class ClusterConfig:
+    """``cluster:`` section (``configs/stage/cluster.yaml``)."""
+
+    k: int = 50
+    metric: str = "euclidean"
+    backend: str = "torch"
+    max_iter: int = 100
+    n_init: int = 3
+    metric_sample: int = 5000
+
+    def __post_init__(self) -> None:
+        check_range("cluster.k", self.k, 1)
+        check_choice("cluster.metric", self.metric, ("euclidean", "cosine"))
+        check_choice("cluster.backend", self.backend, ("torch", "sklearn"))
+        check_range("cluster.max_iter", self.max_iter, 1)
+        check_range("cluster.n_init", self.n_init, 1)
+
+
+@dataclasses.dataclass
+class SpecAugmentConfig:
+    enabled: bool = False
+    freq_mask: int = 24
+    time_mask: int = 48
+    n_masks: int = 2
+
+
+@register_schema("distill")
+@dataclasses.dataclass
+class DistillConfig:
+    """``distill:`` section (``configs/stage/distill.yaml``)."""
+
+    batch_size: int = 32
+    epochs: int = 100
+    max_steps: int | None = None
+    lr: float = 8e-4
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warm_up_len: float = 8
+    ramp_down_start: float = 80
+    ramp_down_len: float = 95
+    last_lr_value: float = 0.01
+    target_norm: str = "none"
+    mixup_alpha: float = 0.0
+    spec_augment: SpecAugmentConfig = dataclasses.field(default_factory=SpecAugmentConfig)
+    bn_recalibration: bool = True
+    bn_recalibration_items: int = 512
+    dymn_anneal: bool = False
+    save_top_k: int = 2
+    limit_val_batches: int | None = None
+    resume_on_force: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("distill.batch_size", self.batch_size, 1)
+        check_range("distill.epochs", self.epochs, 1)
+        check_range("distill.lr", self.lr, 0.0, low_open=True)
+        check_choice("distill.target_norm", self.target_norm, ("none", "center", "zscore"))
+        check_range("distill.mixup_alpha", self.mixup_alpha, 0.0)
+        if len(self.betas) != 2:
+            raise ValueError(f"distill.betas must have two values, got {self.betas}")

@@ -34,9 +34,9 @@ def export_student(
     target_mean: torch.Tensor | float | None = None,
     target_std: torch.Tensor | float | None = None,
     heads: Mapping[str, HeadSpec] | None = None,
-    onnx: bool = True,
+    onnx: bool | None = None,
 ) -> dict[str, Path]:
-    """Export ``student`` as ``ssondo.ckpt``, ``model.safetensors`` + ``config.json``, ``model.onnx`` and heads.
+    """Write ``ssondo.ckpt``, ``model.safetensors`` + ``config.json``, ``model.onnx`` and ``heads/``.
 
     Args:
         out_dir: output folder (created).
@@ -47,7 +47,9 @@ def export_student(
         target_mean, target_std: normalisation of the distillation targets ((Dt,) or scalars); when given
             they are folded into the projector so every artefact outputs teacher-space vectors.
         heads: task -> nn.Linear(E, C) or (nn.Linear, metadata), written as ``heads/<task>.pth`` + ``.json``.
-        onnx: also write ``model.onnx`` (waveform in; needs the ``onnx`` package).
+        onnx: write ``model.onnx`` (waveform in; needs the ``onnx`` package): True = required (DyMN raises
+            NotImplementedError), None = when the backbone supports it (DyMN is skipped with a warning),
+            False = never.
 
     Returns:
         ``{"ssondo_ckpt", "safetensors", "config", "onnx", "heads/<task>", "heads/<task>.json"}`` -> paths.
@@ -62,8 +64,9 @@ def export_student(
         exported.classification_head = fold_target_norm(exported.classification_head, target_mean, target_std)
     spec = PreprocessSpec.from_ssondo_config(training_config)
     name, kwargs = backbone_spec_from_ssondo_config(training_config)
-    written: dict[str, Path] = {"ssondo_ckpt": write_ssondo_checkpoint(out_dir / "ssondo.ckpt", exported,
-                                                                       training_config)}
+    written: dict[str, Path] = {
+        "ssondo_ckpt": write_ssondo_checkpoint(out_dir / "ssondo.ckpt", exported, training_config)
+    }
     config = {
         "backbone": {"name": name, "kwargs": kwargs},
         "preprocess": spec,
@@ -72,10 +75,13 @@ def export_student(
         "heads": sorted(heads or {}),
     }
     written.update(save_safetensors(out_dir, exported, config))
-    if onnx:
-        from ssondo_train.export.onnx_graph import export_onnx
+    if onnx or onnx is None:
+        from ssondo_train.export.onnx_graph import export_onnx, onnx_supported
 
-        written["onnx"] = export_onnx(out_dir / "model.onnx", exported, input="waveform", preprocess=spec)
+        if onnx or onnx_supported(exported):
+            written["onnx"] = export_onnx(out_dir / "model.onnx", exported, input="waveform", preprocess=spec)
+        else:
+            log.warning("skipping model.onnx: %s cannot be exported to ONNX", type(exported.model).__name__)
     for task, value in (heads or {}).items():
         linear, meta = value if isinstance(value, tuple) else (value, {})
         files = save_head(out_dir / "heads" / f"{task}.pth", linear, {"task": task, **dict(meta)})

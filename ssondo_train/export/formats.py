@@ -54,8 +54,18 @@ HEAD_BIAS_KEY = "probe.linear_probe.bias"
 # Which of our constructor kwargs each ssondo 0.3.1 builder reads (under the same name, except DyMN's
 # temperature, stored as ``pretrain_final_temp``); kwargs that only matter in training are free.
 _SSONDO_KEYS: dict[str, tuple[str, ...]] = {
-    "mobilenetv3": ("width_mult", "reduced_tail", "dilated", "strides", "relu_only", "input_dim_f",
-                    "input_dim_t", "se_dims", "se_agg", "se_r"),
+    "mobilenetv3": (
+        "width_mult",
+        "reduced_tail",
+        "dilated",
+        "strides",
+        "relu_only",
+        "input_dim_f",
+        "input_dim_t",
+        "se_dims",
+        "se_agg",
+        "se_r",
+    ),
     "dymn": ("width_mult", "strides", "temperature"),
     "eres2net": ("m_channels", "feat_dim", "num_blocks", "pooling_func", "add_layer"),
 }
@@ -86,7 +96,9 @@ class PreprocessSpec:
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
             raise ValueError(f"sample_rate, n_fft, hop_length and n_mels must be positive: {self}")
         if self.window_samples < self.n_fft or self.hop_samples <= 0:
-            raise ValueError(f"window ({self.window_s} s) must hold one FFT frame and hop must be > 0: {self}")
+            raise ValueError(
+                f"window ({self.window_s} s) must hold one FFT frame and hop must be > 0: {self}"
+            )
         if self.norm_std <= 0:
             raise ValueError(f"norm_std must be positive, got {self.norm_std}")
 
@@ -104,8 +116,15 @@ class PreprocessSpec:
 
     def frontend_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`ssondo_train.students.StudentFrontEnd`."""
-        return {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "hop_length": self.hop_length,
-                "n_mels": self.n_mels, "f_min": self.f_min, "f_max": self.f_max, "log_offset": self.log_offset}
+        return {
+            "sample_rate": self.sample_rate,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "n_mels": self.n_mels,
+            "f_min": self.f_min,
+            "f_max": self.f_max,
+            "log_offset": self.log_offset,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,8 +164,13 @@ class PreprocessSpec:
             raise ValueError("ssondo 0.3.1 hard-codes log offset 1e-3; cannot express a different one")
         return {
             "slice_audio": {"win_len": self.window_s, "step_size": self.hop_s},
-            "logmelspec": {"win_len": self.n_fft / self.sample_rate, "hop_len": self.hop_length / self.sample_rate,
-                           "n_mels": self.n_mels, "f_min": self.f_min, "f_max": self.f_max},
+            "logmelspec": {
+                "win_len": self.n_fft / self.sample_rate,
+                "hop_len": self.hop_length / self.sample_rate,
+                "n_mels": self.n_mels,
+                "f_min": self.f_min,
+                "f_max": self.f_max,
+            },
             "normalize": {"mean": self.norm_mean, "std": self.norm_std},
         }
 
@@ -154,7 +178,9 @@ class PreprocessSpec:
 # --------------------------------------------------------------------------------------------- backbones
 def _defaults(name: str) -> dict[str, Any]:
     params = inspect.signature(STUDENTS[name].__init__).parameters
-    return {k: p.default for k, p in params.items() if k != "self" and p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default for k, p in params.items() if k != "self" and p.default is not inspect.Parameter.empty
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -224,12 +250,19 @@ def ssondo_training_config(
     preprocess = preprocess or PreprocessSpec()
     student_model: dict[str, Any]
     if student_name == "mobilenetv3":
-        student_model = {"model_name": f"mn{int(round(10 * kw['width_mult'])):02d}_im", "sr": preprocess.sample_rate}
+        student_model = {
+            "model_name": f"mn{int(round(10 * kw['width_mult'])):02d}_im",
+            "sr": preprocess.sample_rate,
+        }
         student_model.update({k: _jsonable(kw[k]) for k in _SSONDO_KEYS["mobilenetv3"]})
     elif student_name == "dymn":
-        student_model = {"model_name": f"dymn{int(round(10 * kw['width_mult'])):02d}_im",
-                         "sr": preprocess.sample_rate, "width_mult": kw["width_mult"],
-                         "strides": _jsonable(kw["strides"]), "pretrain_final_temp": float(kw["temperature"])}
+        student_model = {
+            "model_name": f"dymn{int(round(10 * kw['width_mult'])):02d}_im",
+            "sr": preprocess.sample_rate,
+            "width_mult": kw["width_mult"],
+            "strides": _jsonable(kw["strides"]),
+            "pretrain_final_temp": float(kw["temperature"]),
+        }
     else:
         student_model = {"model_name": "ERes2Net", "sr": preprocess.sample_rate}
         student_model.update({k: _jsonable(kw[k]) for k in _SSONDO_KEYS["eres2net"]})
@@ -240,23 +273,35 @@ def ssondo_training_config(
         "conf_id": conf_id or f"ssondo_train_{student_name}",
         "preprocess": preprocess.to_ssondo_preprocess(),
         "student_model": student_model,
-        "classification_head": {"head_type": "mlp", "n_classes": int(teacher_dim), "pooling": "mean",
-                                "activation_att": None, "last_activation": "",
-                                "hidden_features_size": int(hidden_dim)},
+        "classification_head": {
+            "head_type": "mlp",
+            "n_classes": int(teacher_dim),
+            "pooling": "mean",
+            "activation_att": None,
+            "last_activation": "",
+            "hidden_features_size": int(hidden_dim),
+        },
     }
 
 
 def _projector_dims(student: StudentWithProjector) -> dict[str, Any]:
     mlp = student.classification_head.mlp
-    return {"in_dim": int(mlp[0].in_features), "hidden_dim": int(mlp[0].out_features),
-            "out_dim": int(mlp[3].out_features), "dropout": float(mlp[2].p)}
+    return {
+        "in_dim": int(mlp[0].in_features),
+        "hidden_dim": int(mlp[0].out_features),
+        "out_dim": int(mlp[3].out_features),
+        "dropout": float(mlp[2].p),
+    }
 
 
 def _shape_mismatch(ours: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor]) -> list[str]:
     problems = [f"missing {k}" for k in sorted(set(ref) - set(ours))]
     problems += [f"unexpected {k}" for k in sorted(set(ours) - set(ref))]
-    problems += [f"{k}: {tuple(ours[k].shape)} vs {tuple(ref[k].shape)}"
-                 for k in sorted(set(ours) & set(ref)) if ours[k].shape != ref[k].shape]
+    problems += [
+        f"{k}: {tuple(ours[k].shape)} vs {tuple(ref[k].shape)}"
+        for k in sorted(set(ours) & set(ref))
+        if ours[k].shape != ref[k].shape
+    ]
     return problems
 
 
@@ -292,7 +337,9 @@ def write_ssondo_checkpoint(
     last_channel = getattr(student.model, "last_channel", None)
     hidden = _projector_dims(student)["hidden_dim"]
     if last_channel is not None and int(last_channel) != hidden:
-        problems.append(f"projector hidden {hidden} != backbone last_channel {last_channel} (ssondo uses the latter)")
+        problems.append(
+            f"projector hidden {hidden} != backbone last_channel {last_channel} (ssondo uses the latter)"
+        )
     if problems:
         raise ValueError("training_config does not describe this student: " + "; ".join(problems[:10]))
     ckpt = {
@@ -324,7 +371,7 @@ def load_ssondo_checkpoint(path: str | Path) -> tuple[StudentWithProjector, dict
     if not isinstance(ckpt, Mapping) or "training_config" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not an S-SONDO checkpoint (needs 'training_config' and 'state_dict')")
     training_config = dict(ckpt["training_config"])
-    state = {k[len(SSONDO_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(SSONDO_PREFIX)}
+    state = {k[len(SSONDO_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(SSONDO_PREFIX)}
     if not state:
         raise ValueError(f"{path}: state_dict has no '{SSONDO_PREFIX}*' keys")
     student = student_from_ssondo_config(training_config)
@@ -336,7 +383,9 @@ def load_ssondo_checkpoint(path: str | Path) -> tuple[StudentWithProjector, dict
 
 
 # ------------------------------------------------------------------------------------------ safetensors
-def save_safetensors(dir: str | Path, student: StudentWithProjector, config: Mapping[str, Any]) -> dict[str, Path]:
+def save_safetensors(
+    dir: str | Path, student: StudentWithProjector, config: Mapping[str, Any]
+) -> dict[str, Path]:
     """Write ``model.safetensors`` + ``config.json`` into ``dir``.
 
     Args:
@@ -364,15 +413,17 @@ def save_safetensors(dir: str | Path, student: StudentWithProjector, config: Map
     backbone["emb_size"] = int(student.emb_size)
     pre = config.get("preprocess")
     pre = pre if isinstance(pre, PreprocessSpec) else PreprocessSpec.from_dict(pre or {})
-    cfg.update({
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "ssondo_train_version": __version__,
-        "backbone": backbone,
-        "projector": _projector_dims(student),
-        "preprocess": pre.to_dict(),
-        "target_norm_folded": bool(cfg.get("target_norm_folded", False)),
-    })
+    cfg.update(
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "ssondo_train_version": __version__,
+            "backbone": backbone,
+            "projector": _projector_dims(student),
+            "preprocess": pre.to_dict(),
+            "target_norm_folded": bool(cfg.get("target_norm_folded", False)),
+        }
+    )
     state = _cpu_state(student)
     problems = _shape_mismatch(state, _build_from_config(cfg).state_dict())
     if problems:
@@ -389,14 +440,18 @@ def _build_from_config(cfg: Mapping[str, Any]) -> StudentWithProjector:
     if cfg.get("format") != FORMAT_NAME:
         raise ValueError(f"config format {cfg.get('format')!r} is not {FORMAT_NAME!r}")
     if int(cfg.get("format_version", -1)) > FORMAT_VERSION:
-        raise ValueError(f"config format_version {cfg['format_version']} is newer than supported {FORMAT_VERSION}")
+        raise ValueError(
+            f"config format_version {cfg['format_version']} is newer than supported {FORMAT_VERSION}"
+        )
     bb, pj = cfg["backbone"], cfg["projector"]
     kwargs = dict(bb.get("kwargs") or {})
     for key in ("strides", "num_blocks"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     backbone = build_student(bb["name"], **kwargs)
-    head = Projector(int(pj["in_dim"]), int(pj["out_dim"]), int(pj["hidden_dim"]), float(pj.get("dropout", 0.2)))
+    head = Projector(
+        int(pj["in_dim"]), int(pj["out_dim"]), int(pj["hidden_dim"]), float(pj.get("dropout", 0.2))
+    )
     return StudentWithProjector(backbone, head)
 
 
@@ -444,14 +499,23 @@ def save_head(path: str | Path, linear: nn.Linear, meta: Mapping[str, Any] | Non
     if not isinstance(linear, nn.Linear) or linear.bias is None:
         raise TypeError("save_head needs an nn.Linear with a bias")
     path = Path(path)
-    state = {HEAD_WEIGHT_KEY: linear.weight.detach().cpu().contiguous().clone(),
-             HEAD_BIAS_KEY: linear.bias.detach().cpu().contiguous().clone()}
+    state = {
+        HEAD_WEIGHT_KEY: linear.weight.detach().cpu().contiguous().clone(),
+        HEAD_BIAS_KEY: linear.bias.detach().cpu().contiguous().clone(),
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     sidecar = head_sidecar(path)
-    atomic_write_json(sidecar, {**_jsonable(dict(meta or {})), "format": HEAD_FORMAT_NAME,
-                                "format_version": HEAD_FORMAT_VERSION, "in_dim": linear.in_features,
-                                "n_classes": linear.out_features})
+    atomic_write_json(
+        sidecar,
+        {
+            **_jsonable(dict(meta or {})),
+            "format": HEAD_FORMAT_NAME,
+            "format_version": HEAD_FORMAT_VERSION,
+            "in_dim": linear.in_features,
+            "n_classes": linear.out_features,
+        },
+    )
     return {"head": path, "meta": sidecar}
 
 
@@ -466,7 +530,9 @@ def load_head(path: str | Path) -> tuple[nn.Linear, dict[str, Any]]:
         raise ValueError(f"{path}: not a head file (needs '{HEAD_WEIGHT_KEY}' and '{HEAD_BIAS_KEY}')")
     weight, bias = state[HEAD_WEIGHT_KEY], state[HEAD_BIAS_KEY]
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
-        raise ValueError(f"{path}: head weight {tuple(weight.shape)} / bias {tuple(bias.shape)} are inconsistent")
+        raise ValueError(
+            f"{path}: head weight {tuple(weight.shape)} / bias {tuple(bias.shape)} are inconsistent"
+        )
     linear = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         linear.weight.copy_(weight)
@@ -477,7 +543,9 @@ def load_head(path: str | Path) -> tuple[nn.Linear, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- target normalisation
-def fold_target_norm(projector: nn.Module, mean: torch.Tensor | float, std: torch.Tensor | float) -> nn.Module:
+def fold_target_norm(
+    projector: nn.Module, mean: torch.Tensor | float, std: torch.Tensor | float
+) -> nn.Module:
     """A copy of ``projector`` whose last Linear outputs de-normalised (teacher-space) vectors.
 
     Training may regress normalised targets ``(t - mean) / std``; folding ``W' = diag(std) W``,
@@ -503,10 +571,14 @@ def fold_target_norm(projector: nn.Module, mean: torch.Tensor | float, std: torc
     mean_t = mean_t.expand(out) if mean_t.numel() == 1 else mean_t
     std_t = std_t.expand(out) if std_t.numel() == 1 else std_t
     if mean_t.shape != (out,) or std_t.shape != (out,):
-        raise ValueError(f"mean/std must be scalars or ({out},), got {tuple(mean_t.shape)}, {tuple(std_t.shape)}")
+        raise ValueError(
+            f"mean/std must be scalars or ({out},), got {tuple(mean_t.shape)}, {tuple(std_t.shape)}"
+        )
     with torch.no_grad():
         w = last.weight.double() * std_t[:, None]
-        b = (last.bias.double() if last.bias is not None else torch.zeros(out, dtype=torch.float64)) * std_t + mean_t
+        b = (
+            last.bias.double() if last.bias is not None else torch.zeros(out, dtype=torch.float64)
+        ) * std_t + mean_t
         last.weight.copy_(w.to(dev, dt))
         if last.bias is None:
             last.bias = nn.Parameter(b.to(dev, dt))

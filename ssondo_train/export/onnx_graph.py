@@ -13,8 +13,9 @@ Graph (``input="waveform"``, the default)::
 Batch and length are dynamic. The STFT is a convolution because ``torch.stft``'s complex output is not
 exportable by the TorchScript-based exporter and the conv form runs on every ONNX runtime; it matches
 ``StudentFrontEnd`` (torch.stft) to ~1e-5 on the log-mel. Only non-overlapping windows (hop == window,
-S-SONDO's setting) are supported in the graph. ``input="logmel"`` exports backbone + projector only:
-input ``logmel`` (B, S, 128, T), same outputs.
+S-SONDO's setting) are supported in the graph. MobileNetV3 and ERes2Net export; DyMN does not (its
+dynamic convolutions have input-dependent kernels, see :func:`onnx_supported`). ``input="logmel"``
+exports backbone + projector only: input ``logmel`` (B, S, 128, T), same outputs.
 
 The exporter used is torch's TorchScript-based one (``dynamo=False``): it needs no extra package
 (the dynamo exporter needs ``onnxscript``) and handles the shape arithmetic of the padding.
@@ -53,7 +54,9 @@ class DftLogMel(nn.Module):
         # Built in float64 so the basis itself adds no error beyond float32 rounding.
         basis = torch.cat([window * torch.cos(angle), -window * torch.sin(angle)], dim=0)
         self.register_buffer("basis", basis.to(torch.float32).unsqueeze(1), persistent=False)
-        self.register_buffer("fbank", StudentFrontEnd(**spec.frontend_kwargs()).fbank.clone(), persistent=False)
+        self.register_buffer(
+            "fbank", StudentFrontEnd(**spec.frontend_kwargs()).fbank.clone(), persistent=False
+        )
         self.n_freq = n_freq
         self.hop_length = spec.hop_length
         self.log_offset = spec.log_offset
@@ -69,7 +72,9 @@ class DftLogMel(nn.Module):
 class WaveformEmbedder(nn.Module):
     """Exportable waveform -> (embedding, projection, segment_embeddings); see the module docstring."""
 
-    def __init__(self, student: StudentWithProjector, spec: PreprocessSpec, tail: Literal["pad", "drop"] = "pad"):
+    def __init__(
+        self, student: StudentWithProjector, spec: PreprocessSpec, tail: Literal["pad", "drop"] = "pad"
+    ):
         super().__init__()
         if spec.window_samples != spec.hop_samples:
             raise ValueError("the ONNX graph supports non-overlapping windows only (hop_s == window_s)")
@@ -108,6 +113,13 @@ class LogMelEmbedder(nn.Module):
         return emb.mean(dim=1), self.student.classification_head(emb), emb
 
 
+def onnx_supported(student: StudentWithProjector) -> bool:
+    """False for backbones the exporter cannot handle (DyMN's input-dependent convolution kernels)."""
+    from ssondo_train.students import DyMN
+
+    return not isinstance(student.model, DyMN)
+
+
 def export_onnx(
     path: str | Path,
     student: StudentWithProjector,
@@ -132,6 +144,13 @@ def export_onnx(
     """
     import onnx
 
+    if not onnx_supported(student):
+        raise NotImplementedError(
+            f"{type(student.model).__name__}: its dynamic convolutions build kernels per input, which the "
+            "TorchScript ONNX exporter cannot express (Conv needs a static kernel shape); use the "
+            "safetensors "
+            "or S-SONDO checkpoint export for this student"
+        )
     spec = preprocess or PreprocessSpec()
     if input == "waveform":
         module: nn.Module = WaveformEmbedder(student, spec, tail)
@@ -145,8 +164,13 @@ def export_onnx(
         dynamic = {"logmel": {0: "batch", 1: "segments"}}
     else:
         raise ValueError(f"input must be 'waveform' or 'logmel', got {input!r}")
-    dynamic.update({"embedding": {0: "batch"}, "projection": {0: "batch"},
-                    "segment_embeddings": {0: "batch", 1: "segments"}})
+    dynamic.update(
+        {
+            "embedding": {0: "batch"},
+            "projection": {0: "batch"},
+            "segment_embeddings": {0: "batch", 1: "segments"},
+        }
+    )
     was_training = student.training
     student.eval()
     path = Path(path)
@@ -156,8 +180,16 @@ def export_onnx(
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=[input], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[input],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes=dynamic,
+            )
             model = onnx.load(str(tmp))
             meta = {
                 "format": f"{FORMAT_NAME}-onnx",

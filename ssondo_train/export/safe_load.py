@@ -29,7 +29,12 @@ class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
 
 
 def _allowed_globals() -> list[Any]:
-    allowed: list[Any] = [pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath]
+    allowed: list[Any] = [
+        pathlib.PosixPath,
+        pathlib.PurePosixPath,
+        pathlib.WindowsPath,
+        pathlib.PureWindowsPath,
+    ]
     try:
         import numpy as np
     except ImportError:  # numpy is a torch dependency in practice; stay importable without it

@@ -5,7 +5,14 @@ Imports only torch, torchaudio, safetensors and the student modules (no Lightnin
 
 from ssondo_train.inference.api import get_ssondo, load_student
 from ssondo_train.inference.model import SsondoModel, build_head
-from ssondo_train.inference.registry import HEADS, HF_REPO_ID, MODELS, HubDownloadError, list_heads, list_models
+from ssondo_train.inference.registry import (
+    HEADS,
+    HF_REPO_ID,
+    MODELS,
+    HubDownloadError,
+    list_heads,
+    list_models,
+)
 
 __all__ = [
     "HEADS",

@@ -1,4 +1,4 @@
-"""``get_ssondo``: load a distilled student (local export, S-SONDO checkpoint or registry name) for inference."""
+"""``get_ssondo``: load a distilled student (local export, S-SONDO checkpoint or registry name)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,16 @@ def load_student(checkpoint: str | Path) -> tuple[StudentWithProjector, Preproce
         if (path / "ssondo.ckpt").is_file():
             path = path / "ssondo.ckpt"
         else:
-            raise ValueError(f"{checkpoint}: folder holds neither config.json + model.safetensors nor ssondo.ckpt")
+            raise ValueError(
+                f"{checkpoint}: folder holds neither config.json + model.safetensors nor ssondo.ckpt"
+            )
     if path.is_file():
         student, training_config = load_ssondo_checkpoint(path)
-        return student, PreprocessSpec.from_ssondo_config(training_config), {"training_config": training_config}
+        return (
+            student,
+            PreprocessSpec.from_ssondo_config(training_config),
+            {"training_config": training_config},
+        )
     name = str(checkpoint)
     if name in MODELS:
         local = hub_download(MODELS[name].filename)
@@ -74,7 +80,9 @@ def _load_pretrained_head(head: str) -> tuple[nn.Linear, dict[str, Any]]:
         linear, meta = load_head(hub_download(HEADS[head].filename))
         expected = HEADS[head].n_classes
         if expected is not None and linear.out_features != expected:
-            raise ValueError(f"head {head!r}: file has {linear.out_features} classes, registry says {expected}")
+            raise ValueError(
+                f"head {head!r}: file has {linear.out_features} classes, registry says {expected}"
+            )
         return linear, {"name": head, **meta}
     return load_head(path)
 
@@ -121,12 +129,18 @@ def get_ssondo(
         elif str(head) in HEADS or Path(head).is_file():
             head_module, head_meta = _load_pretrained_head(str(head))
             if head_module.in_features != emb_dim:
-                raise ValueError(f"head {head!r} expects {head_module.in_features}-d embeddings, "
-                                 f"the backbone gives {emb_dim}")
+                raise ValueError(
+                    f"head {head!r} expects {head_module.in_features}-d embeddings, "
+                    f"the backbone gives {emb_dim}"
+                )
             if n_classes is not None and int(n_classes) != head_module.out_features:
-                raise ValueError(f"n_classes={n_classes} but head {head!r} has {head_module.out_features} classes")
+                raise ValueError(
+                    f"n_classes={n_classes} but head {head!r} has {head_module.out_features} classes"
+                )
             meta["head"] = head_meta
         else:
-            raise ValueError(f"head must be None, 'linear', 'mlp', a head file or one of {list(HEADS)}; got {head!r}")
+            raise ValueError(
+                f"head must be None, 'linear', 'mlp', a head file or one of {list(HEADS)}; got {head!r}"
+            )
     model = SsondoModel(student, spec, head=head_module, sample_rate=sample_rate, tail=tail, meta=meta)
     return model.to(device).eval()

@@ -107,7 +107,7 @@ class SsondoModel(nn.Module):
         return audio.to(device=self._device(), dtype=torch.float32)
 
     def preprocess(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Raw audio (n,) or (B, n) at ``sample_rate`` -> log-mel segments (B, S, n_mels, T) (T = 624 for 10 s).
+        """Raw audio (n,) or (B, n) at ``sample_rate`` -> log-mel segments (B, S, n_mels, T); T=624 for 10 s.
 
         Raises:
             TypeError: non-float audio.
@@ -138,7 +138,7 @@ class SsondoModel(nn.Module):
         return self.projector(self.segment_embeddings(audio))
 
     def forward(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Without a head: (B, S, E) segment embeddings. With a head: logits (B, C) of the pooled embedding."""
+        """No head: (B, S, E) segment embeddings. With a head: logits (B, C) of the pooled embedding."""
         if self.head is None:
             return self.segment_embeddings(audio)
         return self.head(self.get_embeddings(audio))
@@ -178,8 +178,10 @@ class SsondoModel(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return (f"sample_rate={self.sample_rate}, tail={self.tail!r}, embedding_dim={self.embedding_dim}, "
-                f"frozen={sorted(self._frozen)}")
+        return (
+            f"sample_rate={self.sample_rate}, tail={self.tail!r}, embedding_dim={self.embedding_dim}, "
+            f"frozen={sorted(self._frozen)}"
+        )
 
 
 def build_head(

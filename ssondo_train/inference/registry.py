@@ -93,16 +93,26 @@ def hub_download(filename: str, repo_id: str = HF_REPO_ID, revision: str | None 
         raise ImportError("downloading registry models needs `pip install huggingface_hub`") from err
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
     try:
-        local = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=_cache_dir(),
-                                local_files_only=offline, endpoint=os.environ.get("HF_ENDPOINT") or None)
+        local = hf_hub_download(
+            repo_id=repo_id,
+            filename=filename,
+            revision=revision,
+            cache_dir=_cache_dir(),
+            local_files_only=offline,
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
+        )
     except Exception as err:  # the hub raises many types (HTTP, connection, offline, missing entry)
         if offline:
-            why = ("HF_HUB_OFFLINE=1 is set and the file is not in the local Hugging Face cache "
-                   f"({_cache_dir() or '~/.cache/huggingface/hub'}); unset HF_HUB_OFFLINE on a machine with "
-                   "network access to download it once")
+            why = (
+                "HF_HUB_OFFLINE=1 is set and the file is not in the local Hugging Face cache "
+                f"({_cache_dir() or '~/.cache/huggingface/hub'}); unset HF_HUB_OFFLINE on a machine with "
+                "network access to download it once"
+            )
         else:
-            why = ("the download failed: check the network connection (or proxy settings) and that the file "
-                   "is published; on a machine without network set HF_HUB_OFFLINE=1 and pre-fill the cache")
+            why = (
+                "the download failed: check the network connection (or proxy settings) and that the file "
+                "is published; on a machine without network set HF_HUB_OFFLINE=1 and pre-fill the cache"
+            )
         raise HubDownloadError(
             f"cannot get '{filename}' from the Hugging Face Hub repository '{repo_id}': {why}. "
             f"You can also pass a local checkpoint path instead of a registry name. "

@@ -1,4 +1,5 @@
-"""Linear-probe evaluation: task adapters (``tasks``), the probe fit (``head``) and the protocol (``evaluate``)."""
+"""Linear-probe evaluation: task adapters (``tasks``), the probe fit (``head``) and the protocol
+(``evaluate``)."""
 
 from ssondo_train.probe.head import (
     NormStats,

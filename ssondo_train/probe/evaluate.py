@@ -2,11 +2,14 @@
 
 Protocol (:func:`run_probe`):
 
-* ``folds`` tasks (ESC-50, US8K): every fold is the test set once; the validation split used to pick the weight
-  decay is carved (stratified, ``val_fraction``) out of the *training* folds with the run's seed. A seed's score
+* ``folds`` tasks (ESC-50, US8K): every fold is the test set once; the validation split used to pick the
+weight
+  decay is carved (stratified, ``val_fraction``) out of the *training* folds with the run's seed. A seed's
+  score
   is the mean over folds; the reported mean ± CI is over seeds (fold-level figures are reported as well).
 * ``splits`` tasks: train on ``train``, select on ``valid`` (carved from ``train`` per seed when the task has
-  none, e.g. OpenMIC), test on ``test``. The solver is deterministic (convex objective, zero start, full batch),
+  none, e.g. OpenMIC), test on ``test``. The solver is deterministic (convex objective, zero start, full
+  batch),
   so when the validation split does not depend on the seed the fit is done once and reused for every seed
   (``seed_independent: true``; the CI is then 0, as for most rows of the paper's Table 1).
 
@@ -61,7 +64,9 @@ def _feature_matrix(
         log.warning("%s: %d clips without embedding skipped (e.g. %s)", task.name, n_missing, example)
     if not keep:
         raise KeyError(f"{task.name}: no clip has an embedding")
-    x = np.stack([np.asarray(features_by_clip[task.clips[i].clip_id], dtype=np.float32).reshape(-1) for i in keep])
+    x = np.stack(
+        [np.asarray(features_by_clip[task.clips[i].clip_id], dtype=np.float32).reshape(-1) for i in keep]
+    )
     return x, np.asarray(keep, dtype=np.int64)
 
 
@@ -106,9 +111,18 @@ def run_probe(
         if len(te) == 0 or len(tr) == 0:
             raise ValueError(f"{task.name}: empty train ({len(tr)}) or test ({len(te)}) split")
         res = fit_linear_probe(
-            x[tr], y[tr], x[va], y[va], task.task_type, task.n_classes, device=device, seed=seed,
-            mask_train=pick(mask, tr), mask_val=pick(mask, va), **fit_kwargs,
-        )  # fmt: skip
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            task.task_type,
+            task.n_classes,
+            device=device,
+            seed=seed,
+            mask_train=pick(mask, tr),
+            mask_val=pick(mask, va),
+            **fit_kwargs,
+        )
         score = evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te))
         return {
             "score": score,
@@ -188,7 +202,7 @@ def write_results(results: Mapping[str, Any], path: str | Path) -> None:
     atomic_write_json(path, clean(results))
 
 
-# ------------------------------------------------------------------------------------------------ reporting
+# --- reporting
 def retention(student_score: float, teacher_score: float) -> float:
     """Student score as a percentage of the teacher's (``100 * student / teacher``)."""
     if teacher_score == 0:

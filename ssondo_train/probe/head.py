@@ -15,12 +15,14 @@ loss is the sum over classes of each class's mean binary cross-entropy over its 
 independent logistic regression per class. ``weight_decay`` relates to scikit-learn's ``C`` by
 ``C = 1 / (weight_decay * n_train)``.
 
-The default solver is L-BFGS with a strong-Wolfe line search from a zero start. The problem is strictly convex,
-so the solution does not depend on the seed nor on ``lr`` (the line search picks the step); ``lr`` only matters
+The default solver is L-BFGS with a strong-Wolfe line search from a zero start. The problem is strictly
+convex,
+so the solution does not depend on the seed nor on ``lr`` (the line search picks the step); ``lr`` only
+matters
 for the ``"adam"`` solver (full-batch Adam for ``max_epochs`` steps). Grid strategies: ``"path"`` fits the
-weight decays one after the other from the strongest, each warm-started from the previous solution (cheapest on
-CPU); ``"batched"`` fits all weight decays of one ``lr`` as a single stacked problem (one matmul per step; best
-on a GPU, where a step costs the same for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path``
+weight decays one after the other from the strongest, each warm-started from the previous solution (cheapest
+on CPU); ``"batched"`` fits all weight decays of one ``lr`` as a single stacked problem (one matmul per step;
+best on a GPU, where a step costs the same for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path``
 otherwise.
 """
 
@@ -42,12 +44,12 @@ log = logging.getLogger(__name__)
 TaskType = Literal["multiclass", "multilabel"]
 TASK_TYPES: tuple[str, ...] = ("multiclass", "multilabel")
 
-DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 HEAD_KEY_PREFIX = "probe.linear_probe"
 HEAD_FORMAT_VERSION = 1
 
 
-# ----------------------------------------------------------------------------------------------- normalisation
+# --- normalisation
 @dataclass(frozen=True)
 class NormStats:
     """Per-dimension standardisation ``(x - mean) / std``; ``mean`` and ``std`` are ``(D,)`` float32."""
@@ -69,7 +71,7 @@ class NormStats:
         return ((np.asarray(x, dtype=np.float32) - self.mean) / self.std).astype(np.float32, copy=False)
 
 
-# ----------------------------------------------------------------------------------------------------- metrics
+# --- metrics
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of ``logits`` ``(N, C)`` against integer labels ``y`` ``(N,)``."""
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(y)))
@@ -97,7 +99,8 @@ def average_precision(scores: np.ndarray, target: np.ndarray) -> float:
 
 
 def mean_average_precision(scores: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Macro mAP over classes: ``scores``/``target`` ``(N, C)``, optional ``mask`` ``(N, C)`` of observed labels.
+    """Macro mAP over classes: ``scores``/``target`` ``(N, C)``, optional ``mask`` ``(N, C)`` of observed
+    labels.
 
     Per class only the observed clips count (OpenMIC's missing labels); classes with no observed positive are
     skipped. Returns NaN if no class has a positive.
@@ -148,7 +151,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     return mean, half
 
 
-# -------------------------------------------------------------------------------------------------- validation
+# --- validation
 def carve_validation(
     train_idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +165,8 @@ def carve_validation(
         fraction: share of each stratum moved to validation, in (0, 1).
         seed: RNG seed (numpy ``default_rng``).
 
-    Each stratum with >= 2 clips gives ``max(1, round(fraction * n))`` clips (never all of them) to validation;
+    Each stratum with >= 2 clips gives ``max(1, round(fraction * n))`` clips (never all of them) to
+    validation;
     singleton strata stay in training. Returns two sorted index arrays that partition ``train_idx``.
     """
     if not 0.0 < fraction < 1.0:
@@ -190,7 +194,7 @@ def carve_validation(
     return np.sort(train_idx[~val_mask]), np.sort(train_idx[val_mask])
 
 
-# ------------------------------------------------------------------------------------------------------ solver
+# --- solver
 @dataclass(frozen=True)
 class GridPoint:
     """One evaluated hyper-parameter pair: its validation score and the solver's function evaluations."""
@@ -256,7 +260,8 @@ def _loss_per_head(
 
 @dataclass(frozen=True)
 class _Rotated:
-    """Features in the eigenbasis of their covariance: ``z = x @ v`` ``(N, D)``; ``lam`` ``(D,)`` eigenvalues."""
+    """Features in the eigenbasis of their covariance: ``z = x @ v`` ``(N, D)``; ``lam`` ``(D,)``
+    eigenvalues."""
 
     v: torch.Tensor
     lam: torch.Tensor
@@ -275,8 +280,8 @@ def _rotate(x: torch.Tensor) -> _Rotated:
 
 
 def _curvature(task_type: str, n_classes: int) -> float:
-    """Typical second derivative of the loss w.r.t. a logit (softmax near uniform / sigmoid of rare labels)."""
-    return 1.0 / n_classes if task_type == "multiclass" else 0.1
+    """Typical second derivative of the loss w.r.t. a logit (softmax near uniform / sigmoid of rare
+    labels).""" return 1.0 / n_classes if task_type == "multiclass" else 0.1
 
 
 def _solve(
@@ -357,9 +362,7 @@ def _solve(
     return (wt * w_scale).detach(), (bt * b_scale).detach(), evals
 
 
-def _to_targets(
-    y: np.ndarray, task_type: str, n_classes: int, device: torch.device
-) -> torch.Tensor:
+def _to_targets(y: np.ndarray, task_type: str, n_classes: int, device: torch.device) -> torch.Tensor:
     y = np.asarray(y)
     if task_type == "multiclass":
         if y.ndim != 1:
@@ -420,8 +423,8 @@ def fit_linear_probe(
         y_train: ``(N,)`` int labels (multiclass) or ``(N, C)`` multi-hot (multilabel).
         x_val, y_val: validation split, same layouts. If ``None``, a stratified ``val_fraction`` of the
             training split is carved out with ``seed`` (:func:`carve_validation`).
-        task_type: ``"multiclass"`` (softmax cross-entropy, accuracy) or ``"multilabel"`` (per-class BCE, mAP).
-        n_classes: C.
+        task_type: ``"multiclass"`` (softmax cross-entropy, accuracy) or ``"multilabel"`` (per-class BCE,
+        mAP). n_classes: C.
         device: where the full-batch fit runs (``"cuda"`` is much faster for large grids).
         lrs: learning rates (L-BFGS: initial step scale, 1.0 is right; Adam: the step size).
         weight_decays: L2 strengths of the grid (see the module docstring for the objective).
@@ -536,7 +539,7 @@ def fit_linear_probe(
     )
 
 
-# -------------------------------------------------------------------------------------------------- inference
+# --- inference
 def predict_logits(head: nn.Linear, stats: NormStats | None, x: np.ndarray) -> np.ndarray:
     """Logits ``(N, C)`` of ``head`` on ``x`` ``(N, D)``, standardised with ``stats`` first unless None."""
     z = stats.apply(x) if stats is not None else np.asarray(x, dtype=np.float32)
@@ -553,14 +556,15 @@ def evaluate(
     task_type: TaskType,
     mask: np.ndarray | None = None,
 ) -> float:
-    """Task metric of the probe on ``x`` ``(N, D)``: accuracy (``y`` ``(N,)``) or macro mAP (``y`` ``(N, C)``).
+    """Task metric of the probe on ``x`` ``(N, D)``: accuracy (``y`` ``(N,)``) or macro mAP (``y`` ``(N,
+    C)``).
 
     ``mask`` ``(N, C)`` marks observed labels (multilabel only; unobserved entries are ignored).
     """
     return task_metric(predict_logits(head, stats, x), np.asarray(y), task_type, mask)
 
 
-# ---------------------------------------------------------------------------------------------------- export
+# --- export
 def fold_normalisation(head: nn.Linear, mean: np.ndarray, std: np.ndarray) -> nn.Linear:
     """Return a new ``nn.Linear`` that applies ``head`` to ``(x - mean) / std`` but takes raw ``x``.
 
@@ -581,8 +585,8 @@ def fold_normalisation(head: nn.Linear, mean: np.ndarray, std: np.ndarray) -> nn
 
 
 def head_state_dict(head: nn.Linear) -> dict[str, torch.Tensor]:
-    """ssondo head format: ``probe.linear_probe.weight`` ``(C, D)`` and ``probe.linear_probe.bias`` ``(C,)``."""
-    return {
+    """ssondo head format: ``probe.linear_probe.weight`` ``(C, D)`` and ``probe.linear_probe.bias``
+    ``(C,)``.""" return {
         f"{HEAD_KEY_PREFIX}.weight": head.weight.detach().cpu().float().clone().contiguous(),
         f"{HEAD_KEY_PREFIX}.bias": head.bias.detach().cpu().float().clone().contiguous(),
     }
@@ -593,8 +597,8 @@ def head_metadata(
 ) -> dict[str, Any]:
     """Metadata stored next to an exported head (JSON-friendly).
 
-    ``normalisation`` keeps the training-split mean/std for reference; ``normalisation_folded`` says whether the
-    exported weights already include it (they do when produced by :func:`export_head`).
+    ``normalisation`` keeps the training-split mean/std for reference; ``normalisation_folded`` says whether
+    the exported weights already include it (they do when produced by :func:`export_head`).
     """
     return {
         "format_version": HEAD_FORMAT_VERSION,

@@ -109,7 +109,9 @@ class ProbeTask:
 
     def __post_init__(self) -> None:
         if self.task_type not in ("multiclass", "multilabel"):
-            raise ValueError(f"{self.name}: task_type must be multiclass or multilabel, got {self.task_type!r}")
+            raise ValueError(
+                f"{self.name}: task_type must be multiclass or multilabel, got {self.task_type!r}"
+            )
         if self.protocol not in ("folds", "splits"):
             raise ValueError(f"{self.name}: protocol must be 'folds' or 'splits', got {self.protocol!r}")
         if not self.clips:
@@ -131,7 +133,9 @@ class ProbeTask:
             if not self.folds:
                 self.folds = list(found)
             elif set(found) - set(self.folds):
-                raise ValueError(f"{self.name}: clips in folds {sorted(set(found) - set(self.folds))} not listed")
+                raise ValueError(
+                    f"{self.name}: clips in folds {sorted(set(found) - set(self.folds))} not listed"
+                )
             if len(self.folds) < 2:
                 raise ValueError(f"{self.name}: need at least 2 folds, got {self.folds}")
         else:
@@ -201,7 +205,7 @@ class ProbeTask:
         }
 
 
-# ------------------------------------------------------------------------------------------------------ helpers
+# --- helpers
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -217,7 +221,7 @@ def _read_lines(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-# ------------------------------------------------------------------------------------------------------ ESC-50
+# --- ESC-50
 def load_esc50(root: str | Path) -> ProbeTask:
     """ESC-50: 2,000 5-s clips, 50 classes, 5 folds, accuracy.
 
@@ -242,7 +246,7 @@ def load_esc50(root: str | Path) -> ProbeTask:
     return ProbeTask("esc50", "multiclass", class_names, clips, "folds")
 
 
-# ------------------------------------------------------------------------------------------------- UrbanSound8K
+# --- UrbanSound8K
 def load_us8k(root: str | Path) -> ProbeTask:
     """UrbanSound8K: 8,732 clips (<= 4 s), 10 classes, 10 folds, accuracy.
 
@@ -264,7 +268,7 @@ def load_us8k(root: str | Path) -> ProbeTask:
     return ProbeTask("us8k", "multiclass", names, clips, "folds", folds=list(range(1, 11)))
 
 
-# ------------------------------------------------------------------------------------------------------ FSD50K
+# --- FSD50K
 def load_fsd50k(root: str | Path) -> ProbeTask:
     """FSD50K: 51,197 clips, 200 classes (multi-label), official splits, macro mAP.
 
@@ -299,11 +303,15 @@ def load_fsd50k(root: str | Path) -> ProbeTask:
                 split = {"train": "train", "val": "valid"}.get(r.get("split", ""), "")
                 if not split:
                     raise ValueError(f"FSD50K: dev clip {r['fname']} has split {r.get('split')!r}")
-            clips.append(ProbeClip(f"{csv_name[:-4]}/{r['fname']}", root / audio_dir / f"{r['fname']}.wav", labels, split))
+            clips.append(
+                ProbeClip(
+                    f"{csv_name[:-4]}/{r['fname']}", root / audio_dir / f"{r['fname']}.wav", labels, split
+                )
+            )
     return ProbeTask("fsd50k", "multilabel", class_names, clips, "splits")
 
 
-# ------------------------------------------------------------------------------------------------------- GTZAN
+# --- GTZAN
 def _gtzan_genres_dir(root: Path) -> Path:
     for cand in (root / "genres", root / "genres_original", root):
         if cand.is_dir() and any((cand / g).is_dir() for g in GTZAN_GENRES):
@@ -351,7 +359,9 @@ def load_gtzan(root: str | Path, split_dir: str | Path) -> ProbeTask:
     for split in SPLITS:
         path = _split_file(split_dir, split, (f"{split}_filtered", f"gtzan_{split}_filtered", split))
         if path is None:
-            raise FileNotFoundError(f"GTZAN: no {split} split file (e.g. {split}_filtered.txt) in {split_dir}")
+            raise FileNotFoundError(
+                f"GTZAN: no {split} split file (e.g. {split}_filtered.txt) in {split_dir}"
+            )
         for entry in _read_split_entries(path):
             stem = Path(entry.split()[-1]).name
             stem = stem.rsplit(".", 1)[0] if stem.count(".") >= 2 else stem
@@ -366,7 +376,7 @@ def load_gtzan(root: str | Path, split_dir: str | Path) -> ProbeTask:
     return ProbeTask("gtzan", "multiclass", list(GTZAN_GENRES), clips, "splits")
 
 
-# ------------------------------------------------------------------------------------------------------ NSynth
+# --- NSynth
 def load_nsynth(root: str | Path) -> ProbeTask:
     """NSynth instrument family: 11 classes, official train/valid/test, accuracy.
 
@@ -391,13 +401,14 @@ def load_nsynth(root: str | Path) -> ProbeTask:
     return ProbeTask("nsynth", "multiclass", list(NSYNTH_FAMILIES), clips, "splits")
 
 
-# ----------------------------------------------------------------------------------------------------- OpenMIC
+# --- OpenMIC
 def load_openmic(root: str | Path, partition: str = "split01", threshold: float = 0.5) -> ProbeTask:
     """OpenMIC-2018: 20 instruments, partially labelled (missing labels masked), official split, macro mAP.
 
     Layout::
 
-        root/openmic-2018.npz                    Y_true (N, 20) float, Y_mask (N, 20) bool, sample_key (N,) str
+        root/openmic-2018.npz                    Y_true (N, 20) float, Y_mask (N, 20) bool, sample_key (N,)
+        str
         root/class-map.json                      optional {name: index}; the built-in 20 names otherwise
         root/partitions/<partition>_{train,test}.csv   one sample_key per line
         root/audio/<first 3 chars of key>/<sample_key>.ogg
@@ -411,7 +422,9 @@ def load_openmic(root: str | Path, partition: str = "split01", threshold: float 
         with np.load(npz_path, allow_pickle=False) as z:
             y_true, y_mask, keys = z["Y_true"], z["Y_mask"].astype(bool), z["sample_key"]
     except ValueError as e:
-        raise ValueError(f"OpenMIC: {npz_path} needs pickle to load ({e}); refusing an object array") from None
+        raise ValueError(
+            f"OpenMIC: {npz_path} needs pickle to load ({e}); refusing an object array"
+        ) from None
     keys = [str(k) for k in keys]
     class_names = list(OPENMIC_CLASSES)
     cmap = root / "class-map.json"
@@ -437,7 +450,7 @@ def load_openmic(root: str | Path, partition: str = "split01", threshold: float 
     return ProbeTask("openmic", "multilabel", class_names, clips, "splits")
 
 
-# ----------------------------------------------------------------------------------------------- MagnaTagATune
+# --- MagnaTagATune
 def load_magnatagatune(
     root: str | Path,
     split_dir: str | Path | None = None,
@@ -456,7 +469,8 @@ def load_magnatagatune(
     Tags: the ``n_tags`` most frequent tag columns over the whole file (ties broken by column order), listed
     in file column order.
     Split: by default the common rule on the mp3 folder: ``0``-``b`` train, ``c`` valid, ``d``-``f`` test.
-    With ``split_dir``, files ``{train,valid,test}.{txt,csv,npy}`` give the split instead; each line/entry is a
+    With ``split_dir``, files ``{train,valid,test}.{txt,csv,npy}`` give the split instead; each line/entry is
+    a
     clip_id, an mp3_path, or ``index<TAB>mp3_path`` (the last field is used). ``drop_untagged`` removes clips
     without any of the kept tags (common practice); ``exclude_clip_ids`` drops known-broken files.
     """
@@ -507,7 +521,7 @@ def load_magnatagatune(
     return ProbeTask("magna-tag-a-tune", "multilabel", top, clips, "splits")
 
 
-# ---------------------------------------------------------------------------------------------------- manifest
+# --- manifest
 def load_manifest(
     manifest: str | Path,
     name: str | None = None,
@@ -529,7 +543,9 @@ def load_manifest(
     cols = set(rows[0])
     missing = {"clip_id", "path", "labels"} - cols
     if missing or not ({"split", "fold"} & cols):
-        raise ValueError(f"manifest {manifest} needs clip_id,path,labels and split or fold; missing {missing}")
+        raise ValueError(
+            f"manifest {manifest} needs clip_id,path,labels and split or fold; missing {missing}"
+        )
     use_folds = "fold" in cols and "split" not in cols
     base = Path(audio_root).resolve() if audio_root is not None else manifest.parent
     parsed = [[lab.strip() for lab in r["labels"].split(";") if lab.strip()] for r in rows]
@@ -576,7 +592,9 @@ def build_task(name: str, root: str | Path, /, check_files: bool = False, **kw: 
     ``manifest``, the CSV file). ``check_files`` raises if any audio file is missing."""
     key = TASK_ALIASES.get(name.lower(), name.lower())
     if key not in TASK_BUILDERS:
-        raise ValueError(f"unknown probe task {name!r}; known: {sorted(TASK_BUILDERS)} (+ {sorted(TASK_ALIASES)})")
+        raise ValueError(
+            f"unknown probe task {name!r}; known: {sorted(TASK_BUILDERS)} (+ {sorted(TASK_ALIASES)})"
+        )
     task = TASK_BUILDERS[key](root, **kw)
     if check_files:
         missing = task.missing_files()

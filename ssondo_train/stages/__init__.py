@@ -13,6 +13,8 @@ from ssondo_train.stages.base import Stage, StageContext, StageError, run_stage
 STAGES: dict[str, str] = {
     "prepare": "ssondo_train.stages.prepare",
     "precompute": "ssondo_train.stages.precompute",
+    "cluster": "ssondo_train.stages.cluster",
+    "distill": "ssondo_train.stages.distill",
 }
 
 

@@ -5,8 +5,10 @@ the order of the writer's ordered clip list. Samplers (BDS) draw such indices.
 
 Random access design:
 - wds: the tar headers (and the tiny ``.json`` members) are scanned once into a table of byte offsets,
-  cached as ``.cache/wds-table-<index hash>.npz`` in the store (or ``cache_dir``); an embedding/audio/layer
-  read is then one ``os.pread`` at a known offset (embeddings are raw little-endian payloads).
+  cached as ``.cache/wds-table-<index hash>.npz`` in the store (or ``cache_dir``). Each tar is memory-mapped
+  and viewed as overlapping rows of D values starting at every 512-byte block (tar payloads start on block
+  boundaries and embeddings are raw little-endian), so a batch of embeddings is one numpy gather
+  ``rows[offset // 512]``; audio is one ``os.pread`` at its offset.
 - h5: the small columns (clip_id, window, start, end) are read on first use; the contiguous ``embedding``
   dataset of each part is memory-mapped at its HDF5 byte offset (h5py is bypassed on the hot path);
   layers/audio rows are read through h5py.
@@ -47,6 +49,7 @@ from ssondo_train.store.index import verify_parts
 log = logging.getLogger(__name__)
 
 _VERIFY = ("none", "size", "md5")
+_TAR_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -186,11 +189,13 @@ class EmbeddingStore:
         self._fds: dict[int, int] = {}
         self._h5: dict[int, Any] = {}
         self._h5mm: dict[int, np.ndarray | None] = {}
+        self._wds_rows: dict[tuple[int, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ process-local handles
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_fds"], state["_h5"], state["_h5mm"], state["_key_pos"] = {}, {}, {}, None
+        state["_wds_rows"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -201,6 +206,7 @@ class EmbeddingStore:
         # After a fork the inherited handles belong to the parent: h5py handles must not be reused.
         if os.getpid() != self._pid:
             self._fds, self._h5, self._h5mm, self._pid = {}, {}, {}, os.getpid()
+            self._wds_rows = {}
 
     def _fd(self, part: int) -> int:
         self._check_pid()
@@ -229,6 +235,32 @@ class EmbeddingStore:
         mm = self._h5mm[part]
         return mm if mm is not None else self._h5file(part)["embedding"]
 
+    def _wds_block_rows(self, part: int, width: int) -> np.ndarray:
+        """Read-only strided view (n_blocks, width) of a memory-mapped tar: row r = ``width`` values of the
+        store dtype starting at byte 512 * r (every tar payload starts on a 512-byte block)."""
+        self._check_pid()
+        key = (part, width)
+        rows = self._wds_rows.get(key)
+        if rows is None:
+            mm = np.memmap(self.root / self.parts[part]["name"], dtype=np.uint8, mode="r")
+            row_bytes = width * self.np_dtype.itemsize
+            n = (mm.shape[0] - row_bytes) // _TAR_BLOCK + 1
+            flat = mm[: (n - 1) * _TAR_BLOCK + row_bytes].view(self.np_dtype)
+            rows = np.lib.stride_tricks.as_strided(
+                flat, shape=(n, width), strides=(_TAR_BLOCK, self.np_dtype.itemsize), writeable=False
+            )
+            self._wds_rows[key] = rows
+        return rows
+
+    def _wds_gather(self, offsets: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+        """out[j] = the payload of width out.shape[1:] at ``offsets[idx[j]]`` in its part."""
+        width = int(np.prod(out.shape[1:]))
+        flat_out = out.reshape(len(out), width)
+        parts, offs = self.table.part_of[idx], offsets[idx]
+        for part in np.unique(parts).tolist():
+            sel = np.flatnonzero(parts == part)
+            flat_out[sel] = self._wds_block_rows(part, width)[offs[sel] // _TAR_BLOCK]
+
     def close(self) -> None:
         """Close this process's file descriptors / h5py handles (reopened lazily if used again)."""
         if os.getpid() == self._pid:
@@ -236,7 +268,7 @@ class EmbeddingStore:
                 os.close(fd)
             for f in self._h5.values():
                 f.close()
-        self._fds, self._h5, self._h5mm = {}, {}, {}
+        self._fds, self._h5, self._h5mm, self._wds_rows = {}, {}, {}, {}
 
     def __del__(self) -> None:
         try:
@@ -327,13 +359,9 @@ class EmbeddingStore:
         idx = self._check_indices(indices)
         t = self.table
         out = np.empty((idx.size, self.dim), dtype=self.np_dtype)
-        nbytes = self.dim * self.np_dtype.itemsize
         if self.backend == "wds":
             assert t.emb_off is not None
-            for j, (part, off) in enumerate(
-                zip(t.part_of[idx].tolist(), t.emb_off[idx].tolist(), strict=True)
-            ):
-                out[j] = np.frombuffer(os.pread(self._fd(part), nbytes, off), dtype=self.np_dtype)
+            self._wds_gather(t.emb_off, idx, out)
             return out
         parts, rows = t.part_of[idx], t.row[idx]
         for part in np.unique(parts).tolist():
@@ -353,15 +381,8 @@ class EmbeddingStore:
         idx = self._check_indices(indices)
         out = np.empty((idx.size, self.num_layers, self.dim), dtype=self.np_dtype)
         if self.backend == "wds":
-            t = self.table
-            assert t.layers_off is not None
-            nbytes = out[0].nbytes
-            for j, (part, off) in enumerate(
-                zip(t.part_of[idx].tolist(), t.layers_off[idx].tolist(), strict=True)
-            ):
-                out[j] = np.frombuffer(os.pread(self._fd(part), nbytes, off), dtype=self.np_dtype).reshape(
-                    self.num_layers, self.dim
-                )
+            assert self.table.layers_off is not None
+            self._wds_gather(self.table.layers_off, idx, out)
             return out
         t = self.table
         for j, (part, r) in enumerate(zip(t.part_of[idx].tolist(), t.row[idx].tolist(), strict=True)):

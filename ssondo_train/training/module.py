@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -78,7 +79,7 @@ class DistillModule(L.LightningModule):
         target_norm: normalisation of the teacher targets (its buffers are saved in checkpoints).
         optim: optimiser and schedule settings.
         mixup_alpha: Beta(α, α) mixup on the log-mel batch; 0 disables it.
-        spec_augment: ``fn(logmel (B, S, F, T), generator) -> logmel`` or None.
+        spec_augment: ``fn(logmel (B, S, F, T), numpy generator) -> logmel`` or None.
         config: the full resolved run config, stored in every checkpoint.
         recalibration_batches: callable returning training audio batches for BN recalibration before each
             validation, or None to keep the running statistics as trained.
@@ -92,10 +93,11 @@ class DistillModule(L.LightningModule):
         target_norm: TargetNorm,
         optim: OptimConfig,
         mixup_alpha: float = 0.0,
-        spec_augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
+        spec_augment: Callable[[Tensor, np.random.Generator], Tensor] | None = None,
         config: dict[str, Any] | None = None,
         recalibration_batches: Callable[[], Iterable[Tensor]] | None = None,
         recalibration_items: int = 512,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.student = student
@@ -108,6 +110,7 @@ class DistillModule(L.LightningModule):
         self.config = config or {}
         self.recalibration_batches = recalibration_batches
         self.recalibration_items = recalibration_items
+        self.seed = int(seed)
         self._val_cos: list[Tensor] = []
         self._val_mean_cos: list[Tensor] = []
         self._tick: float | None = None
@@ -123,8 +126,12 @@ class DistillModule(L.LightningModule):
         batch = dict(batch)
         batch["logmel"] = self.logmel(batch.pop("audio"))
         if self.training and self.spec_augment is not None:
-            batch["logmel"] = self.spec_augment(batch["logmel"], None)
+            batch["logmel"] = self.spec_augment(batch["logmel"], self._rng(1))
         return batch
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        """Augmentation randomness fixed by (seed, stream, rank, step): reproducible, also after a resume."""
+        return np.random.default_rng((self.seed, stream, self.global_rank, self.global_step))
 
     # ---- steps ------------------------------------------------------------------------------------------
     def _mix(self, logmel: Tensor) -> tuple[Tensor, MixInfo | None]:
@@ -132,7 +139,7 @@ class DistillModule(L.LightningModule):
             return logmel, None
         from ssondo_train.sampling.augment import mixup
 
-        return mixup(logmel, self.mixup_alpha)
+        return mixup(logmel, self.mixup_alpha, self._rng(2))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logmel, mix = self._mix(batch["logmel"])

@@ -102,8 +102,12 @@ def test_ssondo_training_config_rejects_what_ssondo_cannot_express() -> None:
     with pytest.raises(ValueError, match="unknown kwargs"):
         ssondo_training_config("mobilenetv3", {"depth": 3})
     # training-only kwargs are fine
-    assert ssondo_training_config("dymn", {"bn_momentum": 0.1, "temperature": 12.0})["student_model"][
-        "pretrain_final_temp"] == 12.0
+    assert (
+        ssondo_training_config("dymn", {"bn_momentum": 0.1, "temperature": 12.0})["student_model"][
+            "pretrain_final_temp"
+        ]
+        == 12.0
+    )
 
 
 def test_preprocess_spec_round_trips_through_ssondo_config() -> None:
@@ -143,9 +147,16 @@ def test_ssondo_checkpoint_refuses_mismatched_config(mn10, tmp_path: Path) -> No
 # ------------------------------------------------------------------------------------------ safetensors
 def test_safetensors_round_trip(mn10, logmel, tmp_path: Path) -> None:
     name, kwargs = backbone_spec_from_ssondo_config(training_config("mn10"))
-    files = save_safetensors(tmp_path / "exp", mn10, {"backbone": {"name": name, "kwargs": kwargs},
-                                                      "preprocess": SHORT, "teacher": {"name": "m2d", "dim": 3840},
-                                                      "target_norm_folded": True})
+    files = save_safetensors(
+        tmp_path / "exp",
+        mn10,
+        {
+            "backbone": {"name": name, "kwargs": kwargs},
+            "preprocess": SHORT,
+            "teacher": {"name": "m2d", "dim": 3840},
+            "target_norm_folded": True,
+        },
+    )
     assert {p.name for p in files.values()} == {"model.safetensors", "config.json"}
     with open(files["safetensors"], "rb") as fh:  # safetensors: 8-byte header length then a JSON header
         header_len = int.from_bytes(fh.read(8), "little")
@@ -207,8 +218,13 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
 
 
 def test_safe_load_accepts_lightning_style_values(tmp_path: Path) -> None:
-    obj = {"state_dict": {"a": torch.ones(2)}, "strides": (2, 2), "score": np.float64(0.5),
-           "dirpath": Path("runs/x"), "dtype": np.dtype("float32")}
+    obj = {
+        "state_dict": {"a": torch.ones(2)},
+        "strides": (2, 2),
+        "score": np.float64(0.5),
+        "dirpath": Path("runs/x"),
+        "dtype": np.dtype("float32"),
+    }
     torch.save(obj, tmp_path / "ok.ckpt")
     back = safe_torch_load(tmp_path / "ok.ckpt")
     assert back["strides"] == (2, 2) and float(back["score"]) == 0.5 and back["dirpath"] == Path("runs/x")
@@ -220,12 +236,18 @@ def test_safe_load_accepts_lightning_style_values(tmp_path: Path) -> None:
 def test_export_student_writes_every_artefact(mn10, logmel, tmp_path: Path) -> None:
     mean, std = torch.randn(3840), torch.rand(3840) + 0.5
     heads = {"esc50": nn.Linear(960, 50), "us8k": (nn.Linear(960, 10), {"classes": list("abcdefghij")})}
-    files = export_student(tmp_path, mn10, training_config("mn10"), {"name": "matpac"}, mean, std, heads,
-                           onnx=False)
+    files = export_student(
+        tmp_path, mn10, training_config("mn10"), {"name": "matpac"}, mean, std, heads, onnx=False
+    )
     assert {k: p.relative_to(tmp_path).as_posix() for k, p in files.items()} == {
-        "ssondo_ckpt": "ssondo.ckpt", "safetensors": "model.safetensors", "config": "config.json",
-        "heads/esc50": "heads/esc50.pth", "heads/esc50.json": "heads/esc50.json",
-        "heads/us8k": "heads/us8k.pth", "heads/us8k.json": "heads/us8k.json"}
+        "ssondo_ckpt": "ssondo.ckpt",
+        "safetensors": "model.safetensors",
+        "config": "config.json",
+        "heads/esc50": "heads/esc50.pth",
+        "heads/esc50.json": "heads/esc50.json",
+        "heads/us8k": "heads/us8k.pth",
+        "heads/us8k.json": "heads/us8k.json",
+    }
     with torch.no_grad():
         expected = mn10(logmel)[0] * std + mean
         from_ckpt = load_ssondo_checkpoint(files["ssondo_ckpt"])[0](logmel)[0]

@@ -53,8 +53,11 @@ def test_onnx_waveform_matches_pytorch(tmp_path: Path) -> None:
             ref_proj = model.project(wav)
         n_seg = max(1, int(np.ceil(seconds / 10)))
         assert seg.shape == (batch, n_seg, 960) and emb.shape == (batch, 960) and proj.shape == (batch, 3840)
-        errors += [_rel_err(seg, ref_seg.numpy()), _rel_err(emb, ref_seg.mean(1).numpy()),
-                   _rel_err(proj, ref_proj.numpy())]
+        errors += [
+            _rel_err(seg, ref_seg.numpy()),
+            _rel_err(emb, ref_seg.mean(1).numpy()),
+            _rel_err(proj, ref_proj.numpy()),
+        ]
     assert max(errors) < 1e-4, errors
 
 
@@ -76,6 +79,49 @@ def test_onnx_rejects_overlapping_windows(tmp_path: Path) -> None:
     from ssondo_train.students import build_student_with_projector
 
     with pytest.raises(ValueError, match="non-overlapping"):
-        export_onnx(tmp_path / "x.onnx", build_student_with_projector("mobilenetv3", teacher_dim=8),
-                    preprocess=PreprocessSpec(window_s=2.0, hop_s=1.0))
+        export_onnx(
+            tmp_path / "x.onnx",
+            build_student_with_projector("mobilenetv3", teacher_dim=8),
+            preprocess=PreprocessSpec(window_s=2.0, hop_s=1.0),
+        )
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_dymn_is_refused(tmp_path: Path) -> None:
+    from ssondo_train.students import build_student_with_projector
+
+    with pytest.raises(NotImplementedError, match="DyMN"):
+        export_onnx(tmp_path / "d.onnx", build_student_with_projector("dymn", teacher_dim=16))
+    assert not (tmp_path / "d.onnx").exists()
+
+
+@pytest.mark.slow
+def test_bundle_skips_onnx_for_dymn(tmp_path: Path) -> None:
+    from ssondo_train.export import export_student, ssondo_training_config
+    from ssondo_train.students import build_student_with_projector
+
+    student = build_student_with_projector("dymn", teacher_dim=16)
+    files = export_student(tmp_path / "bundle", student, ssondo_training_config("dymn", teacher_dim=16))
+    assert "onnx" not in files and not (tmp_path / "bundle" / "model.onnx").exists()
+    assert files["safetensors"].is_file() and files["ssondo_ckpt"].is_file()
+    with pytest.raises(NotImplementedError):
+        export_student(
+            tmp_path / "strict", student, ssondo_training_config("dymn", teacher_dim=16), onnx=True
+        )
+
+
+@pytest.mark.slow
+def test_bundle_onnx_outputs_teacher_space(tmp_path: Path) -> None:
+    from ssondo_train.export import backbone_spec_from_ssondo_config, export_student, ssondo_training_config
+    from tests.golden import training_config
+
+    student = golden_student("mn10")
+    name, kwargs = backbone_spec_from_ssondo_config(training_config("mn10"))
+    mean, std = torch.randn(3840), torch.rand(3840) + 0.5
+    files = export_student(tmp_path, student, ssondo_training_config(name, kwargs), None, mean, std)
+    sess = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    wav = audio(1, 10.0)
+    proj = sess.run(["projection"], {"waveform": wav.numpy()})[0]
+    with torch.no_grad():
+        expected = SsondoModel(student).project(wav) * std + mean
+    assert _rel_err(proj, expected.numpy()) < 1e-4

@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from ssondo_train.export import backbone_spec_from_ssondo_config, save_head, ssondo_training_config
-from ssondo_train.export import write_ssondo_checkpoint
+from ssondo_train.export import (
+    backbone_spec_from_ssondo_config,
+    save_head,
+    ssondo_training_config,
+    write_ssondo_checkpoint,
+)
 from ssondo_train.inference import get_ssondo
 from tests.golden import golden_input, tolerance, training_config
 from tests.inference.helpers import SHORT, audio, golden_student, make_hf_cache, use_hf_cache
@@ -19,15 +23,19 @@ ssondo = pytest.importorskip("ssondo")
 pytestmark = pytest.mark.slow
 
 # The golden input is 25 s: ssondo drops the last 5 s, and so does tail="drop" on our side.
-CASES = [("mn10", 1e-5, (10, 25)), ("eres2net", 1e-5, (10, 25)),
-         # ssondo's DyMN handles one segment only; our DyMN re-implementation matches upstream within the
-         # golden tolerance (measured 3.1e-5 on outputs of magnitude ~1.7), not bit for bit.
-         ("dymn10", tolerance("student", "dymn10_emb"), (10,))]
+CASES = [
+    ("mn10", 1e-5, (10, 25)),
+    ("eres2net", 1e-5, (10, 25)),
+    # ssondo's DyMN handles one segment only; our DyMN re-implementation matches upstream within the
+    # golden tolerance (measured 3.1e-5 on outputs of magnitude ~1.7), not bit for bit.
+    ("dymn10", tolerance("student", "dymn10_emb"), (10,)),
+]
 
 
 @pytest.mark.parametrize(("golden", "atol", "lengths"), CASES)
-def test_ssondo_client_loads_our_checkpoint(golden: str, atol: float, lengths: tuple[int, ...],
-                                            tmp_path: Path) -> None:
+def test_ssondo_client_loads_our_checkpoint(
+    golden: str, atol: float, lengths: tuple[int, ...], tmp_path: Path
+) -> None:
     student = golden_student(golden)
     name, kwargs = backbone_spec_from_ssondo_config(training_config(golden))
     path = write_ssondo_checkpoint(tmp_path / "s.ckpt", student, ssondo_training_config(name, kwargs))
@@ -42,11 +50,14 @@ def test_ssondo_client_loads_our_checkpoint(golden: str, atol: float, lengths: t
             assert (a - b).abs().max().item() <= atol
 
 
-def test_ssondo_pretrained_head_path_accepts_our_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ssondo_pretrained_head_path_accepts_our_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     student = golden_student("mn10")
     name, kwargs = backbone_spec_from_ssondo_config(training_config("mn10"))
-    ckpt = write_ssondo_checkpoint(tmp_path / "m.ckpt", student, ssondo_training_config(name, kwargs,
-                                                                                         preprocess=SHORT))
+    ckpt = write_ssondo_checkpoint(
+        tmp_path / "m.ckpt", student, ssondo_training_config(name, kwargs, preprocess=SHORT)
+    )
     torch.manual_seed(0)
     head = nn.Linear(960, 50)
     with torch.no_grad():

@@ -37,7 +37,7 @@ def audio(batch: int, seconds: float, sr: int = 32_000, seed: int = 0) -> torch.
 
 
 def make_hf_cache(hub_dir: Path, files: dict[str, Path], commit: str = COMMIT) -> Path:
-    """Lay out a Hugging Face hub cache for ``mohammedali2501/ssondo`` holding ``files`` (repo path -> source).
+    """Lay out a Hugging Face hub cache for ``mohammedali2501/ssondo`` with ``files`` (repo path -> source).
 
     Same layout as huggingface_hub writes: ``refs/main`` names the commit, ``snapshots/<commit>/<path>``
     are symlinks to content-addressed ``blobs/<sha256>``.
@@ -57,7 +57,7 @@ def make_hf_cache(hub_dir: Path, files: dict[str, Path], commit: str = COMMIT) -
 
 
 def use_hf_cache(monkeypatch: pytest.MonkeyPatch, hf_home: Path, offline: bool = True) -> Path:
-    """Point the environment (and huggingface_hub's import-time constants) at ``hf_home``; returns the hub dir."""
+    """Point the environment and huggingface_hub's import-time constants at ``hf_home``; return hub dir."""
     import huggingface_hub.constants as hf_constants
 
     hub = hf_home / "hub"

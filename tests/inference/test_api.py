@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,9 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     student = golden_student("mn10")
     name, kwargs = backbone_spec_from_ssondo_config(training_config("mn10"))
     save_safetensors(root, student, {"backbone": {"name": name, "kwargs": kwargs}, "preprocess": SHORT})
-    write_ssondo_checkpoint(root / "ssondo.ckpt", student, ssondo_training_config(name, kwargs, preprocess=SHORT))
+    write_ssondo_checkpoint(
+        root / "ssondo.ckpt", student, ssondo_training_config(name, kwargs, preprocess=SHORT)
+    )
     return root
 
 
@@ -53,17 +55,25 @@ def model(export_dir: Path) -> SsondoModel:
 
 
 def test_registry_names_match_ssondo() -> None:
-    assert list(list_models()) == ["matpac-mobilenetv3", "matpac-dymn", "matpac-eres2net", "m2d-mobilenetv3",
-                                   "m2d-dymn", "m2d-eres2net"]
+    assert list(list_models()) == [
+        "matpac-mobilenetv3",
+        "matpac-dymn",
+        "matpac-eres2net",
+        "m2d-mobilenetv3",
+        "m2d-dymn",
+        "m2d-eres2net",
+    ]
     assert list(list_heads()) == ["gtzan", "openmic", "nsynth", "esc50", "us8k", "magna-tag-a-tune", "fsd50k"]
     ssondo = pytest.importorskip("ssondo")
     assert ssondo.list_models() == list_models() and ssondo.list_heads() == list_heads()
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, ssondo_train; ssondo_train.get_ssondo; "
-            "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra', 'wandb') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, ssondo_train; ssondo_train.get_ssondo; "
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra', 'wandb') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
@@ -113,13 +123,14 @@ def test_trailing_remainder_is_a_padded_segment(export_dir: Path, model: SsondoM
     dropper = get_ssondo(export_dir, tail="drop")
     with torch.no_grad():
         padded, dropped = model(x), dropper(x)
-        last = model(x[:, 2 * WIN:])
+        last = model(x[:, 2 * WIN :])
     assert padded.shape == (1, 3, 960) and dropped.shape == (1, 2, 960)
     assert close(padded[:, :2], dropped)
     assert close(padded[:, 2:], last)
     assert (padded[:, 2] - padded[:, 1]).abs().max() > 1e-3  # the tail is real content, not a copy
 
 
+@pytest.mark.slow
 def test_dymn_handles_several_segments(tmp_path: Path) -> None:
     student = golden_student("dymn10")
     name, kwargs = backbone_spec_from_ssondo_config(training_config("dymn10"))
@@ -129,7 +140,7 @@ def test_dymn_handles_several_segments(tmp_path: Path) -> None:
     x = audio(1, 2.5, seed=4)
     with torch.no_grad():
         out = model(x)
-        singles = [model(x[:, i * WIN:(i + 1) * WIN]) for i in range(3)]
+        singles = [model(x[:, i * WIN : (i + 1) * WIN]) for i in range(3)]
     assert out.shape == (1, 3, 960)
     for i, single in enumerate(singles):
         assert close(out[:, i], single[:, 0]), i
@@ -204,7 +215,9 @@ def test_freeze_backbone_keeps_batchnorm_statistics(export_dir: Path) -> None:
     model.unfreeze_backbone()
     assert model.backbone.training and all(p.requires_grad for p in model.backbone.parameters())
     model.freeze_backbone(projector=False)
-    assert any(p.requires_grad for p in model.projector.parameters()) and model.eval().train().projector.training
+    assert (
+        any(p.requires_grad for p in model.projector.parameters()) and model.eval().train().projector.training
+    )
 
 
 def test_fresh_heads(export_dir: Path) -> None:
@@ -244,8 +257,10 @@ def test_malicious_checkpoint_is_refused(tmp_path: Path) -> None:
         def __reduce__(self):
             return os.system, (f"touch {marker}",)
 
-    torch.save({"training_config": training_config("mn10"), "state_dict": {}, "loops": Payload()},
-               tmp_path / "evil.ckpt")
+    torch.save(
+        {"training_config": training_config("mn10"), "state_dict": {}, "loops": Payload()},
+        tmp_path / "evil.ckpt",
+    )
     with pytest.raises(UnsafeCheckpointError, match="refused"):
         get_ssondo(tmp_path / "evil.ckpt")
     assert not marker.exists()

@@ -21,17 +21,28 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Linear]
     torch.manual_seed(0)
     head = nn.Linear(960, 50)
     name, kwargs = backbone_spec_from_ssondo_config(training_config("mn10"))
-    export_student(root, golden_student("mn10"), ssondo_training_config(name, kwargs, preprocess=SHORT),
-                   {"name": "matpac"}, heads={"esc50": (head, {"classes": [f"c{i}" for i in range(50)]})},
-                   onnx=False)
+    export_student(
+        root,
+        golden_student("mn10"),
+        ssondo_training_config(name, kwargs, preprocess=SHORT),
+        {"name": "matpac"},
+        heads={"esc50": (head, {"classes": [f"c{i}" for i in range(50)]})},
+        onnx=False,
+    )
     return root, head
 
 
 def test_registry_name_resolves_from_offline_cache(exported, tmp_path: Path, monkeypatch) -> None:
     root, head = exported
     hub = use_hf_cache(monkeypatch, tmp_path / "hf")
-    make_hf_cache(hub, {"matpac_mobilenetv3.ckpt": root / "ssondo.ckpt", "heads/esc50.pth": root / "heads/esc50.pth",
-                        "heads/esc50.json": root / "heads/esc50.json"})
+    make_hf_cache(
+        hub,
+        {
+            "matpac_mobilenetv3.ckpt": root / "ssondo.ckpt",
+            "heads/esc50.pth": root / "heads/esc50.pth",
+            "heads/esc50.json": root / "heads/esc50.json",
+        },
+    )
     model = get_ssondo("matpac-mobilenetv3", head="esc50")
     assert model.meta["registry_name"] == "matpac-mobilenetv3"
     assert model.meta["head"]["name"] == "esc50" and model.meta["head"]["classes"][:2] == ["c0", "c1"]
@@ -46,7 +57,9 @@ def test_registry_name_resolves_from_offline_cache(exported, tmp_path: Path, mon
 
 def test_missing_file_offline_names_hf_hub_offline(tmp_path: Path, monkeypatch) -> None:
     use_hf_cache(monkeypatch, tmp_path / "hf")
-    with pytest.raises(HubDownloadError, match=r"HF_HUB_OFFLINE=1 is set.*m2d_dymn\.ckpt|m2d_dymn\.ckpt.*HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        HubDownloadError, match=r"HF_HUB_OFFLINE=1 is set.*m2d_dymn\.ckpt|m2d_dymn\.ckpt.*HF_HUB_OFFLINE=1"
+    ):
         get_ssondo("m2d-dymn")
 
 

@@ -44,7 +44,10 @@ def synthetic(n: int, d: int, c: int, sep: float, seed: int, shuffle_labels: boo
 
 def fold_task(y: np.ndarray, n_folds: int, c: int) -> ProbeTask:
     # clip i has class i % c; folds cycle every c clips so that each fold holds every class
-    clips = [ProbeClip(f"clip{i}", Path(f"/data/{i}.wav"), (int(y[i]),), (i // c) % n_folds + 1) for i in range(len(y))]
+    clips = [
+        ProbeClip(f"clip{i}", Path(f"/data/{i}.wav"), (int(y[i]),), (i // c) % n_folds + 1)
+        for i in range(len(y))
+    ]
     return ProbeTask("toy-folds", "multiclass", [f"c{k}" for k in range(c)], clips, "folds")
 
 
@@ -88,12 +91,14 @@ def test_split_protocol_carves_validation_and_masks_multilabel() -> None:
     observed = rng.random((n, c)) > 0.25
     clips = [
         ProbeClip(
-            str(i), Path(f"/b/{i}.ogg"),
-            tuple(int(k) for k in np.flatnonzero(y[i] & observed[i])), "train" if i < 220 else "test",
+            str(i),
+            Path(f"/b/{i}.ogg"),
+            tuple(int(k) for k in np.flatnonzero(y[i] & observed[i])),
+            "train" if i < 220 else "test",
             tuple(int(k) for k in np.flatnonzero(observed[i])),
         )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     task = ProbeTask("toy-ml", "multilabel", ["x", "y", "z"], clips, "splits")
     feats = {str(i): x[i] for i in range(n)}
     feats.pop("0")

@@ -28,16 +28,16 @@ from ssondo_train.probe.head import (
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny full-batch problems: with 2 threads on a shared 2-core box OpenMP spin-waits dominate (10x slower)."""
-    old = torch.get_num_threads()
+    """Tiny full-batch problems: with 2 threads on a shared 2-core box OpenMP spin-waits dominate (10x
+    slower).""" old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
 
 
 def blobs(n: int, d: int, c: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian classes around random means, with an offset and per-dimension scales (so standardising matters)."""
-    rng = np.random.default_rng(seed)
+    """Gaussian classes around random means, with an offset and per-dimension scales (so standardising
+    matters).""" rng = np.random.default_rng(seed)
     means = rng.standard_normal((c, d)) * sep
     y = np.arange(n) % c
     rng.shuffle(y)
@@ -46,12 +46,14 @@ def blobs(n: int, d: int, c: int, sep: float, seed: int) -> tuple[np.ndarray, np
     return x.astype(np.float32), y.astype(np.int64)
 
 
-# --------------------------------------------------------------------------------------------------- metrics
+# --- metrics
 def test_average_precision_matches_sklearn_with_ties() -> None:
     rng = np.random.default_rng(0)
     target = rng.random(200) < 0.2
     scores = np.round(rng.random(200) + target * 0.3, 1)  # heavy ties
-    assert average_precision(scores, target) == pytest.approx(average_precision_score(target, scores), abs=1e-12)
+    assert average_precision(scores, target) == pytest.approx(
+        average_precision_score(target, scores), abs=1e-12
+    )
     assert math.isnan(average_precision(scores, np.zeros(200)))
 
 
@@ -66,7 +68,8 @@ def test_mean_average_precision_skips_empty_classes_and_masks() -> None:
     mask = np.ones_like(y, dtype=bool)
     mask[:50, 0] = False
     exp_masked = np.mean(
-        [average_precision_score(y[50:, 0], s[50:, 0])] + [average_precision_score(y[:, c], s[:, c]) for c in (1, 2)]
+        [average_precision_score(y[50:, 0], s[50:, 0])]
+        + [average_precision_score(y[:, c], s[:, c]) for c in (1, 2)]
     )
     assert mean_average_precision(s, y, mask) == pytest.approx(exp_masked, abs=1e-12)
     # a masked wrong label changes nothing
@@ -78,13 +81,15 @@ def test_mean_average_precision_skips_empty_classes_and_masks() -> None:
 def test_mean_ci95_student_t() -> None:
     mean, half = mean_ci95([1.0, 2.0, 3.0])
     assert mean == 2.0
-    assert half == pytest.approx(4.302652729911275 / math.sqrt(3), rel=1e-9)  # t_{0.975,2} * s / sqrt(3), s = 1
+    assert half == pytest.approx(
+        4.302652729911275 / math.sqrt(3), rel=1e-9
+    )  # t_{0.975,2} * s / sqrt(3), s = 1
     assert mean_ci95([0.5, 0.5, 0.5]) == (0.5, 0.0)
     m1, h1 = mean_ci95([0.7])
     assert m1 == 0.7 and math.isnan(h1)
 
 
-# ------------------------------------------------------------------------------------------------ validation
+# --- validation
 def test_carve_validation_is_stratified_and_a_partition() -> None:
     labels = np.repeat(np.arange(5), [40, 20, 10, 2, 1])  # (73,)
     labels = np.r_[labels, np.full(7, 9)]  # extra global clips that are not candidates
@@ -109,7 +114,7 @@ def test_carve_validation_multilabel_uses_rarest_class() -> None:
     assert (y[va, 1] == 1).sum() == 2
 
 
-# ------------------------------------------------------------------------------------------------------- fit
+# --- fit
 def test_fit_matches_sklearn_logistic_regression() -> None:
     x, y = blobs(400, 12, 4, sep=0.6, seed=0)
     wd = 1e-2
@@ -136,7 +141,9 @@ def test_fit_selects_on_validation_and_refits() -> None:
     acc = evaluate(res.head, res.stats, xte, yte, "multiclass")
     assert acc > 0.75  # 0.83 measured; the weakest decay (val 0.67) would overfit
     # a grid of one point must give the same head as refitting that point
-    single = fit_linear_probe(xtr, ytr, xva, yva, "multiclass", 5, weight_decays=(res.weight_decay,), tol=1e-7)
+    single = fit_linear_probe(
+        xtr, ytr, xva, yva, "multiclass", 5, weight_decays=(res.weight_decay,), tol=1e-7
+    )
     np.testing.assert_allclose(
         predict_logits(single.head, single.stats, xte), predict_logits(res.head, res.stats, xte), atol=2e-2
     )
@@ -162,10 +169,21 @@ def test_adam_solver_reaches_lbfgs_solution() -> None:
     common = dict(weight_decays=(1e-2,), refit=False)
     lb = fit_linear_probe(x[:250], y[:250], x[250:], y[250:], "multiclass", 3, tol=1e-7, **common)
     ad = fit_linear_probe(
-        x[:250], y[:250], x[250:], y[250:], "multiclass", 3, solver="adam", lrs=(0.05,), max_epochs=800, **common
+        x[:250],
+        y[:250],
+        x[250:],
+        y[250:],
+        "multiclass",
+        3,
+        solver="adam",
+        lrs=(0.05,),
+        max_epochs=800,
+        **common,
     )
     assert ad.solver == "adam"
-    np.testing.assert_allclose(predict_logits(ad.head, ad.stats, x), predict_logits(lb.head, lb.stats, x), atol=5e-2)
+    np.testing.assert_allclose(
+        predict_logits(ad.head, ad.stats, x), predict_logits(lb.head, lb.stats, x), atol=5e-2
+    )
 
 
 def test_multilabel_fit_ignores_masked_labels() -> None:
@@ -177,9 +195,19 @@ def test_multilabel_fit_ignores_masked_labels() -> None:
     mask = rng.random((n, c)) > 0.3
     y_flipped = np.where(mask, y, 1 - y)  # only unobserved entries differ
     kw = dict(weight_decays=(1e-2, 1e-3), tol=1e-7)
-    a = fit_linear_probe(x[:300], y[:300], x[300:], y[300:], "multilabel", c, mask_train=mask[:300], mask_val=mask[300:], **kw)
+    a = fit_linear_probe(
+        x[:300], y[:300], x[300:], y[300:], "multilabel", c, mask_train=mask[:300], mask_val=mask[300:], **kw
+    )
     b = fit_linear_probe(
-        x[:300], y_flipped[:300], x[300:], y_flipped[300:], "multilabel", c, mask_train=mask[:300], mask_val=mask[300:], **kw
+        x[:300],
+        y_flipped[:300],
+        x[300:],
+        y_flipped[300:],
+        "multilabel",
+        c,
+        mask_train=mask[:300],
+        mask_val=mask[300:],
+        **kw,
     )
     np.testing.assert_allclose(a.head.weight.detach(), b.head.weight.detach(), atol=1e-4)
     assert evaluate(a.head, a.stats, x[300:], y[300:], "multilabel", mask[300:]) > 0.8
@@ -198,7 +226,7 @@ def test_fit_rejects_bad_inputs() -> None:
         fit_linear_probe(x, y, x, None, "multiclass", 2)
 
 
-# --------------------------------------------------------------------------------------------------- export
+# --- export
 def test_fold_normalisation_gives_identical_logits_on_raw_features() -> None:
     x, y = blobs(200, 24, 5, sep=0.8, seed=6)
     res = fit_linear_probe(x, y, None, None, "multiclass", 5, weight_decays=(1e-2,))
@@ -248,7 +276,9 @@ def test_cuda_fit_matches_cpu() -> None:
     x, y = blobs(2000, 64, 10, sep=0.4, seed=8)
     kw = dict(weight_decays=(1e-1, 1e-2, 1e-3), tol=1e-6, max_epochs=1000)
     cpu = fit_linear_probe(x[:1500], y[:1500], x[1500:1800], y[1500:1800], "multiclass", 10, **kw)
-    gpu = fit_linear_probe(x[:1500], y[:1500], x[1500:1800], y[1500:1800], "multiclass", 10, device="cuda", **kw)
+    gpu = fit_linear_probe(
+        x[:1500], y[:1500], x[1500:1800], y[1500:1800], "multiclass", 10, device="cuda", **kw
+    )
     assert gpu.weight_decay == cpu.weight_decay
     assert next(gpu.head.parameters()).device.type == "cpu"
     np.testing.assert_allclose(gpu.predict(x[1800:]), cpu.predict(x[1800:]), atol=5e-3)

@@ -39,7 +39,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]], delimiter
         w.writerows(rows)
 
 
-# ------------------------------------------------------------------------------------------------------ ESC-50
+# --- ESC-50
 def test_esc50(tmp_path: Path) -> None:
     rows = []
     for fold in range(1, 6):
@@ -47,9 +47,18 @@ def test_esc50(tmp_path: Path) -> None:
             name = f"{fold}-{100 + target}-A-{target}.wav"
             rows.append([name, fold, target, f"cat{target}", "False", 100 + target, "A"])
             wav(tmp_path / "audio" / name)
-    write_csv(tmp_path / "meta" / "esc50.csv", ["filename", "fold", "target", "category", "esc10", "src_file", "take"], rows)
+    write_csv(
+        tmp_path / "meta" / "esc50.csv",
+        ["filename", "fold", "target", "category", "esc10", "src_file", "take"],
+        rows,
+    )
     task = build_task("ESC-50", tmp_path, check_files=True)
-    assert (task.name, task.protocol, task.task_type, task.metric) == ("esc50", "folds", "multiclass", "accuracy")
+    assert (task.name, task.protocol, task.task_type, task.metric) == (
+        "esc50",
+        "folds",
+        "multiclass",
+        "accuracy",
+    )
     assert task.folds == [1, 2, 3, 4, 5] and task.n_classes == 50
     assert task.class_names[49] == "cat49" and task.class_names[5] == "class_5"
     assert [len(task.indices(f)) for f in task.folds] == [3] * 5
@@ -58,7 +67,7 @@ def test_esc50(tmp_path: Path) -> None:
     assert task.class_counts().tolist()[:2] == [5, 5]
 
 
-# ------------------------------------------------------------------------------------------------- UrbanSound8K
+# --- UrbanSound8K
 def test_us8k(tmp_path: Path) -> None:
     rows = []
     for fold in range(1, 11):
@@ -79,7 +88,7 @@ def test_us8k(tmp_path: Path) -> None:
         build_task("us8k", tmp_path)
 
 
-# ------------------------------------------------------------------------------------------------------ FSD50K
+# --- FSD50K
 def test_fsd50k(tmp_path: Path) -> None:
     gt = tmp_path / "FSD50K.ground_truth"
     vocab = [[i, f"Label_{i}", f"/m/{i:04d}"] for i in range(200)]
@@ -97,7 +106,12 @@ def test_fsd50k(tmp_path: Path) -> None:
     for r in ev:
         wav(tmp_path / "FSD50K.eval_audio" / f"{r[0]}.wav")
     task = build_task("fsd50k", tmp_path, check_files=True)
-    assert (task.task_type, task.metric, task.protocol, task.n_classes) == ("multilabel", "mAP", "splits", 200)
+    assert (task.task_type, task.metric, task.protocol, task.n_classes) == (
+        "multilabel",
+        "mAP",
+        "splits",
+        200,
+    )
     assert [c.split for c in task.clips] == ["train", "train", "valid", "test", "test"]
     assert task.clips[0].labels == (0, 5) and task.clips[3].labels == (0, 3, 7)
     assert task.clips[3].clip_id == "eval/21"
@@ -109,7 +123,7 @@ def test_fsd50k(tmp_path: Path) -> None:
         build_task("fsd50k", tmp_path)
 
 
-# ------------------------------------------------------------------------------------------------------- GTZAN
+# --- GTZAN
 @pytest.mark.parametrize("audio_ext,list_fmt", [(".wav", "{g}/{g}.{i:05d}.wav"), (".au", "{g}.{i:05d}")])
 def test_gtzan_with_split_files(tmp_path: Path, audio_ext: str, list_fmt: str) -> None:
     root = tmp_path / "gtzan"
@@ -142,7 +156,7 @@ def test_gtzan_rejects_overlapping_splits(tmp_path: Path) -> None:
         build_task("gtzan", tmp_path, split_dir=tmp_path)
 
 
-# ------------------------------------------------------------------------------------------------------ NSynth
+# --- NSynth
 def test_nsynth(tmp_path: Path) -> None:
     for split, fams in (("train", (0, 3, 9, 10)), ("valid", (0, 3)), ("test", (3, 10))):
         inst = {"train": 0, "valid": 100, "test": 200}[split]
@@ -164,7 +178,7 @@ def test_nsynth(tmp_path: Path) -> None:
         build_task("nsynth", tmp_path)
 
 
-# ----------------------------------------------------------------------------------------------------- OpenMIC
+# --- OpenMIC
 def test_openmic_masks_missing_labels(tmp_path: Path) -> None:
     keys = np.array(["000046_3840", "000135_483840", "001234_0", "002000_10"])
     y_true = np.full((4, 20), 0.5, dtype=np.float32)
@@ -174,7 +188,13 @@ def test_openmic_masks_missing_labels(tmp_path: Path) -> None:
     y_true[1, 8], y_mask[1, 8] = 0.5, True  # threshold is inclusive
     y_true[2, 12] = 1.0  # unobserved: not a label
     y_mask[3, 3] = True  # observed with 0.5 -> positive
-    np.savez(tmp_path / "openmic-2018.npz", X=np.zeros((4, 10, 128), np.uint8), Y_true=y_true, Y_mask=y_mask, sample_key=keys)
+    np.savez(
+        tmp_path / "openmic-2018.npz",
+        X=np.zeros((4, 10, 128), np.uint8),
+        Y_true=y_true,
+        Y_mask=y_mask,
+        sample_key=keys,
+    )
     (tmp_path / "partitions").mkdir()
     (tmp_path / "partitions" / "split01_train.csv").write_text("000046_3840\n000135_483840\n001234_0\n")
     (tmp_path / "partitions" / "split01_test.csv").write_text("002000_10\n")
@@ -196,13 +216,15 @@ def test_openmic_masks_missing_labels(tmp_path: Path) -> None:
 def test_openmic_refuses_pickled_npz(tmp_path: Path) -> None:
     np.savez(
         tmp_path / "openmic-2018.npz",
-        Y_true=np.zeros((1, 20)), Y_mask=np.zeros((1, 20), bool), sample_key=np.array([object()], dtype=object),
-    )  # fmt: skip
+        Y_true=np.zeros((1, 20)),
+        Y_mask=np.zeros((1, 20), bool),
+        sample_key=np.array([object()], dtype=object),
+    )
     with pytest.raises(ValueError, match="pickle"):
         build_task("openmic", tmp_path)
 
 
-# ----------------------------------------------------------------------------------------------- MagnaTagATune
+# --- MagnaTagATune
 def _mtt_fixture(root: Path, n_tags: int = 55) -> list[str]:
     tags = [f"tag{j}" for j in range(n_tags)]
     rows = []
@@ -245,16 +267,19 @@ def test_magnatagatune_split_files(tmp_path: Path) -> None:
     assert [c.split for c in task.clips] == ["train", "train", "valid", "test", "test"]
 
 
-# ---------------------------------------------------------------------------------------------------- manifest
+# --- manifest
 def test_manifest_splits_and_folds(tmp_path: Path) -> None:
     for i in range(4):
         wav(tmp_path / "clips" / f"c{i}.wav")
     write_csv(
         tmp_path / "m.csv",
         ["clip_id", "path", "labels", "split"],
-        [["a", "clips/c0.wav", "dog;cat", "train"], ["b", "clips/c1.wav", "cat", "test"],
-         ["c", str((tmp_path / "clips" / "c2.wav").resolve()), "", "valid"]],
-    )  # fmt: skip
+        [
+            ["a", "clips/c0.wav", "dog;cat", "train"],
+            ["b", "clips/c1.wav", "cat", "test"],
+            ["c", str((tmp_path / "clips" / "c2.wav").resolve()), "", "valid"],
+        ],
+    )
     task = build_task("manifest", tmp_path / "m.csv", check_files=True)
     assert task.name == "m" and task.task_type == "multilabel" and task.class_names == ["cat", "dog"]
     assert task.clips[0].labels == (0, 1) and task.clips[2].labels == ()
@@ -265,8 +290,12 @@ def test_manifest_splits_and_folds(tmp_path: Path) -> None:
     write_csv(
         tmp_path / "f.csv",
         ["clip_id", "path", "labels", "fold", "root"],
-        [["a", "clips/c0.wav", "dog", 1, ""], ["b", "clips/c1.wav", "cat", 2, ""], ["d", "clips/c3.wav", "cat", 2, str(other)]],
-    )  # fmt: skip
+        [
+            ["a", "clips/c0.wav", "dog", 1, ""],
+            ["b", "clips/c1.wav", "cat", 2, ""],
+            ["d", "clips/c3.wav", "cat", 2, str(other)],
+        ],
+    )
     task = build_task("manifest", tmp_path / "f.csv", name="toy", check_files=True)
     assert (task.name, task.task_type, task.protocol, task.folds) == ("toy", "multiclass", "folds", [1, 2])
     assert task.clips[2].path == (other / "clips" / "c3.wav").resolve()

@@ -1,0 +1,159 @@
+"""Distillation data: teacher-store windows paired with the student audio of the same span.
+
+Every example is one stored window: its teacher embedding and the student-rate (32 kHz) waveform of exactly
+the same time span of the same clip (upstream paired a central crop for the teacher with the first 10 s for
+the student). The audio comes from the store when precompute kept it, otherwise from the manifest's file.
+Training draws a fixed number of windows per epoch with replacement (BDS or uniform), split across ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ssondo_train.sampling import EpochSampler, cluster_balanced_weights, uniform_weights
+
+log = logging.getLogger(__name__)
+
+STUDENT_SAMPLE_RATE = 32000
+
+
+class WindowDataset(Dataset):
+    """Global window index -> {"audio" (n,), "target" (D,), "cluster" (), "index" ()}.
+
+    Args:
+        store_root: teacher store folder (opened lazily in each worker).
+        clusters: (N,) cluster id per window (zeros when unknown).
+        window_samples: student samples per window (audio is padded/cut to this length).
+        clip_paths: clip_id -> audio file, used when the store holds no audio.
+    """
+
+    def __init__(self, store_root: str | Path, clusters: np.ndarray, window_samples: int,
+                 clip_paths: dict[str, str] | None = None) -> None:
+        self.store_root = str(store_root)
+        self.clusters = clusters.astype(np.int64)
+        self.window_samples = int(window_samples)
+        self.clip_paths = clip_paths or {}
+        self._store = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            from ssondo_train.store import open_store
+
+            self._store = open_store(self.store_root, verify="none")
+        return self._store
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"] = None  # re-opened per worker
+        return state
+
+    def __len__(self) -> int:
+        return len(self.clusters)
+
+    def _audio(self, i: int) -> np.ndarray:
+        store = self.store
+        if store.audio_codec is not None:
+            return store.get_audio(i)
+        from ssondo_train.audio import load_audio
+
+        clip_id, _ = store.key(i)
+        starts, _ = store.spans([i])
+        wav, _ = load_audio(self.clip_paths[clip_id], STUDENT_SAMPLE_RATE, validate=False)
+        begin = int(round(float(starts[0]) * STUDENT_SAMPLE_RATE))
+        return wav[begin : begin + self.window_samples].numpy()
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        audio = self._audio(int(i)).astype(np.float32, copy=False)
+        n = self.window_samples
+        if audio.shape[0] < n:
+            audio = np.pad(audio, (0, n - audio.shape[0]))
+        target = self.store.get_embeddings([int(i)])[0].astype(np.float32)
+        return {"audio": torch.from_numpy(np.ascontiguousarray(audio[:n])), "target": torch.from_numpy(target),
+                "cluster": torch.tensor(self.clusters[i]), "index": torch.tensor(int(i))}
+
+
+class _IndexMap(torch.utils.data.Sampler[int]):
+    """Maps sampler positions (into a subset) to global window indices."""
+
+    def __init__(self, inner: EpochSampler, subset: np.ndarray) -> None:
+        self.inner = inner
+        self.subset = subset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        for pos in self.inner:
+            yield int(self.subset[pos])
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+@dataclass
+class DistillData:
+    """What the stage resolved about the data: indices per split, cluster ids, sampling weights."""
+
+    store_root: Path
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    clusters: np.ndarray
+    window_samples: int
+    clip_paths: dict[str, str]
+
+
+class DistillDataModule(L.LightningDataModule):
+    """Train loader: ``sampler`` draws ``num_samples`` training windows per epoch with replacement
+    (``bds``: equal mass per cluster; ``random``: uniform), split across ranks. Val loader: every held-out
+    window once."""
+
+    def __init__(self, data: DistillData, sampler: str, num_samples: int, batch_size: int, num_workers: int,
+                 seed: int, pin_memory: bool = False) -> None:
+        super().__init__()
+        self.data = data
+        self.sampler_name = sampler
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.pin_memory = pin_memory
+        self.dataset = WindowDataset(data.store_root, data.clusters, data.window_samples, data.clip_paths)
+
+    def train_weights(self) -> np.ndarray:
+        if self.sampler_name == "bds":
+            return cluster_balanced_weights(self.data.clusters[self.data.train_idx])
+        return uniform_weights(len(self.data.train_idx))
+
+    def _loader(self, sampler, shuffle: bool = False) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=self.pin_memory,
+                          prefetch_factor=4 if workers > 0 else None, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        inner = EpochSampler(self.train_weights(), self.num_samples, seed=self.seed, rank=rank, world_size=world)
+        return self._loader(_IndexMap(inner, self.data.train_idx))
+
+    def val_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        # Each rank validates a disjoint strided slice; metrics are averaged with sync_dist.
+        return self._loader(list(self.data.val_idx[rank::world]))
+
+    def recalibration_batches(self, items: int):
+        """Training audio batches ``(B, n)`` for BatchNorm recalibration (a fixed, seeded draw)."""
+        rng = np.random.default_rng(self.seed + 7)
+        idx = self.data.train_idx[rng.choice(len(self.data.train_idx), size=min(items, len(self.data.train_idx)),
+                                             replace=False)]
+        for start in range(0, len(idx), self.batch_size):
+            yield torch.stack([self.dataset[int(i)]["audio"] for i in idx[start : start + self.batch_size]])
