@@ -76,8 +76,8 @@ def sklearn_fit(z: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
 
 
 def sklearn_grid(d: dict[str, np.ndarray], wds: tuple[float, ...]) -> tuple[float, float]:
-    """Same protocol as ours with sklearn: grid on train, select on valid, refit on train+valid. -> (wd,
-    acc).""" st = NormStats.fit(d["xtr"])
+    """Our protocol with sklearn: grid on train, select on valid, refit on train+valid -> (wd, test acc)."""
+    st = NormStats.fit(d["xtr"])
     ztr, zva = st.apply(d["xtr"]), st.apply(d["xva"])
     scores = []
     for wd in wds:

@@ -247,6 +247,7 @@ class DistillConfig:
     dymn_anneal: bool = False
     save_top_k: int = 2
     limit_val_batches: int | None = None
+    log_indices: bool = False
     resume_on_force: bool = False
 
     def __post_init__(self) -> None:

@@ -71,6 +71,16 @@ GM_RANGES: tuple[tuple[int, int], ...] = (
     (36, 96), (48, 96), (36, 84), (40, 84), (24, 60), (36, 84), (40, 84), (40, 82), (45, 84), (55, 96),
     (40, 88), (40, 84), (40, 84), (48, 84), (40, 84), (40, 84),
 )
+# Programs whose samples stop short of their family's range in TimGM6mb or FluidR3Mono (measured: notes
+# outside these ranges render silent).
+PROGRAM_RANGES: dict[int, tuple[int, int]] = {43: (36, 81), 58: (28, 72), 67: (36, 79), 78: (45, 78)}
+
+
+def program_range(program: int) -> tuple[int, int]:
+    """Lowest and highest MIDI pitch the demo plays on GM ``program`` (inclusive)."""
+    return PROGRAM_RANGES.get(program, GM_RANGES[program // 8])
+
+
 # The 10 families of the instrument probe: the pitched, acoustically distinct ones.
 PROBE_FAMILIES: tuple[str, ...] = (
     "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "brass", "reed", "pipe", "synth_lead",
@@ -619,8 +629,8 @@ def _gm_key(soundfont: str, program: int, pitch: int) -> str:
     return f"gm:{Path(soundfont).stem}:p{program:03d}:n{pitch:03d}"
 
 
-def _probe_pitches(family: int) -> list[int]:
-    lo, hi = GM_RANGES[family]
+def _probe_pitches(program: int) -> list[int]:
+    lo, hi = program_range(program)
     return [p for p in range(lo, hi + 1) if p % PROBE_PITCH_MODULUS == 0]
 
 
@@ -635,9 +645,9 @@ def plan_instrument_task(cfg: DemoConfig, seed: int) -> PlannedSet:
         programs = sorted(rng.choice(8, tc.programs_per_family, replace=False).tolist())
         train_notes: list[tuple[int, int]] = []
         test_notes: list[tuple[int, int]] = []
-        pitches = _probe_pitches(family)
         for offset in programs:
             program = family * 8 + offset
+            pitches = _probe_pitches(program)
             train_notes += [(program, int(p)) for p in rng.choice(pitches, tc.train_per_program, replace=False)]
             test_notes += [(program, int(p)) for p in rng.choice(pitches, tc.test_per_program, replace=False)]
         order = rng.permutation(len(train_notes))
@@ -750,7 +760,7 @@ def plan_corpus(
 
     def pitch_for(program: int, wanted: int) -> int:
         """The closest pitch to ``wanted`` that the probe does not use for ``program``."""
-        lo, hi = GM_RANGES[program // 8]
+        lo, hi = program_range(program)
         wanted = min(max(wanted, lo), hi)
         for delta in (0, 1, -1, 2, -2, 3, -3):
             p = wanted + delta
@@ -792,7 +802,7 @@ def plan_corpus(
             for layer in range(layers):
                 program = int(rng.integers(0, 128))
                 programs.append((layer, program))
-                lo, hi = GM_RANGES[program // 8]
+                lo, hi = program_range(program)
                 root = int(rng.integers(lo, max(lo + 1, hi - 12)))
                 style = kind if kind != "duet" else ("melody" if layer == 0 else "chord")
                 end = seconds * float(rng.uniform(0.6, 0.95))

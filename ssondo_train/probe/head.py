@@ -15,15 +15,13 @@ loss is the sum over classes of each class's mean binary cross-entropy over its 
 independent logistic regression per class. ``weight_decay`` relates to scikit-learn's ``C`` by
 ``C = 1 / (weight_decay * n_train)``.
 
-The default solver is L-BFGS with a strong-Wolfe line search from a zero start. The problem is strictly
-convex,
-so the solution does not depend on the seed nor on ``lr`` (the line search picks the step); ``lr`` only
-matters
-for the ``"adam"`` solver (full-batch Adam for ``max_epochs`` steps). Grid strategies: ``"path"`` fits the
-weight decays one after the other from the strongest, each warm-started from the previous solution (cheapest
-on CPU); ``"batched"`` fits all weight decays of one ``lr`` as a single stacked problem (one matmul per step;
-best on a GPU, where a step costs the same for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path``
-otherwise.
+The default solver is L-BFGS with a strong-Wolfe line search from a zero start, on preconditioned variables
+(see ``_solve``). The problem is strictly convex, so the solution does not depend on the seed nor on ``lr``
+(the line search picks the step); ``lr`` only matters for the ``"adam"`` solver (full-batch Adam for
+``max_epochs`` steps). Grid strategies: ``"path"`` fits the weight decays one after the other from the
+strongest, each warm-started from the previous solution (cheapest on CPU); ``"batched"`` fits all weight
+decays of one ``lr`` as a single stacked problem (one matmul per step; on a GPU a step costs about the same
+for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path`` otherwise.
 """
 
 from __future__ import annotations
@@ -260,8 +258,7 @@ def _loss_per_head(
 
 @dataclass(frozen=True)
 class _Rotated:
-    """Features in the eigenbasis of their covariance: ``z = x @ v`` ``(N, D)``; ``lam`` ``(D,)``
-    eigenvalues."""
+    """Features in the eigenbasis of their covariance: ``z = x @ v`` ``(N, D)``, eigenvalues ``lam``."""
 
     v: torch.Tensor
     lam: torch.Tensor
@@ -280,8 +277,8 @@ def _rotate(x: torch.Tensor) -> _Rotated:
 
 
 def _curvature(task_type: str, n_classes: int) -> float:
-    """Typical second derivative of the loss w.r.t. a logit (softmax near uniform / sigmoid of rare
-    labels).""" return 1.0 / n_classes if task_type == "multiclass" else 0.1
+    """Typical second derivative of the loss w.r.t. a logit (near-uniform softmax; sigmoid, rare labels)."""
+    return 1.0 / n_classes if task_type == "multiclass" else 0.1
 
 
 def _solve(
@@ -585,8 +582,8 @@ def fold_normalisation(head: nn.Linear, mean: np.ndarray, std: np.ndarray) -> nn
 
 
 def head_state_dict(head: nn.Linear) -> dict[str, torch.Tensor]:
-    """ssondo head format: ``probe.linear_probe.weight`` ``(C, D)`` and ``probe.linear_probe.bias``
-    ``(C,)``.""" return {
+    """ssondo head format: ``probe.linear_probe.weight`` ``(C, D)``, ``probe.linear_probe.bias`` ``(C,)``."""
+    return {
         f"{HEAD_KEY_PREFIX}.weight": head.weight.detach().cpu().float().clone().contiguous(),
         f"{HEAD_KEY_PREFIX}.bias": head.bias.detach().cpu().float().clone().contiguous(),
     }

@@ -168,7 +168,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     recal = (lambda: dm.recalibration_batches(int(cfg.bn_recalibration_items))) if cfg.bn_recalibration else None
     module = DistillModule(student, frontend, loss, target_norm, optim, mixup_alpha=float(cfg.mixup_alpha),
                            spec_augment=spec_aug, config=full_config, recalibration_batches=recal,
-                           recalibration_items=int(cfg.bn_recalibration_items), seed=seed)
+                           recalibration_items=int(cfg.bn_recalibration_items), seed=seed,
+                           index_log_dir=str(ctx.out_dir) if cfg.log_indices else None)
 
     # ---- run folder: checkpoints, loggers, resume --------------------------------------------------------
     out = ctx.out_dir

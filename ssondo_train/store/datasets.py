@@ -65,14 +65,16 @@ class StoreWindowDataset(Dataset):
     Args:
         store: an open :class:`EmbeddingStore` or a store root.
         fields: payloads to load, subset of ``("embedding", "audio", "layers")``.
-        embedding_dtype: torch dtype of ``embedding`` / ``layers`` (default float32).
+        embedding_dtype: torch dtype of ``embedding`` / ``layers`` (default float32); ``None`` keeps the store
+            dtype: with a float16 store this halves what workers send (measured ~2x samples/s on 2 cores);
+            upcast on the device (``batch["embedding"].cuda().float()``).
     """
 
     def __init__(
         self,
         store: EmbeddingStore | str | Path,
         fields: Sequence[str] = ("embedding",),
-        embedding_dtype: torch.dtype = torch.float32,
+        embedding_dtype: torch.dtype | None = torch.float32,
     ) -> None:
         self.store = _as_store(store)
         self.fields = _check_fields(self.store, fields)
@@ -106,9 +108,9 @@ class StoreWindowDataset(Dataset):
         }
         # torch's half->float cast is vectorised (numpy's is not); workers run torch single-threaded.
         if "embedding" in self.fields:
-            batch["embedding"] = torch.from_numpy(s.get_embeddings(idx)).to(self.embedding_dtype)
+            batch["embedding"] = _cast(torch.from_numpy(s.get_embeddings(idx)), self.embedding_dtype)
         if "layers" in self.fields:
-            batch["layers"] = torch.from_numpy(s.get_layers(idx)).to(self.embedding_dtype)
+            batch["layers"] = _cast(torch.from_numpy(s.get_layers(idx)), self.embedding_dtype)
         if "audio" in self.fields:
             waves = [s.get_audio(i) for i in idx.tolist()]
             batch["audio"] = np.stack(waves) if len({w.shape[0] for w in waves}) == 1 else waves
@@ -150,12 +152,14 @@ class StoreWindowDataset(Dataset):
         idx = s._check_indices(indices)
         t = s.table
         emb = (
-            torch.from_numpy(s.get_embeddings(idx)).to(self.embedding_dtype)
+            _cast(torch.from_numpy(s.get_embeddings(idx)), self.embedding_dtype)
             if "embedding" in self.fields
             else None
         )
         layers = (
-            torch.from_numpy(s.get_layers(idx)).to(self.embedding_dtype) if "layers" in self.fields else None
+            _cast(torch.from_numpy(s.get_layers(idx)), self.embedding_dtype)
+            if "layers" in self.fields
+            else None
         )
         items = []
         for j, i in enumerate(idx.tolist()):
@@ -174,6 +178,10 @@ class StoreWindowDataset(Dataset):
                 item["audio"] = torch.from_numpy(s.get_audio(i))
             items.append(item)
         return items
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return x if dtype is None else x.to(dtype)
 
 
 def _identity(batch: Any) -> Any:
@@ -247,7 +255,7 @@ class StoreStreamDataset(IterableDataset):
         shuffle: shuffle the part order per epoch, and windows inside a ``shuffle_buffer``.
         seed: base seed; call :meth:`set_epoch` each epoch.
         shuffle_buffer: size of the window shuffle buffer (0 = windows in part order).
-        embedding_dtype: torch dtype of ``embedding`` / ``layers``.
+        embedding_dtype: torch dtype of ``embedding`` / ``layers``; ``None`` keeps the store dtype.
     """
 
     def __init__(
@@ -259,7 +267,7 @@ class StoreStreamDataset(IterableDataset):
         shuffle: bool = False,
         seed: int = 0,
         shuffle_buffer: int = 0,
-        embedding_dtype: torch.dtype = torch.float32,
+        embedding_dtype: torch.dtype | None = torch.float32,
     ) -> None:
         self.store = _as_store(store)
         self.fields = _check_fields(self.store, fields)
@@ -303,7 +311,7 @@ class StoreStreamDataset(IterableDataset):
     def _to_torch(self, item: dict[str, Any]) -> dict[str, Any]:
         for k in ("embedding", "layers"):
             if k in item:
-                item[k] = torch.from_numpy(np.array(item[k])).to(self.embedding_dtype)
+                item[k] = _cast(torch.from_numpy(np.array(item[k])), self.embedding_dtype)
         if "audio" in item:
             item["audio"] = torch.from_numpy(item["audio"])
         return item
@@ -443,7 +451,7 @@ class _StreamBatches(IterableDataset):
         }
         for k in ("embedding", "layers"):
             if k in items[0]:
-                batch[k] = torch.from_numpy(np.stack([it[k] for it in items])).to(dt).numpy()
+                batch[k] = _cast(torch.from_numpy(np.stack([it[k] for it in items])), dt).numpy()
         if "audio" in items[0]:
             waves = [it["audio"] for it in items]
             batch["audio"] = np.stack(waves) if len({w.shape[0] for w in waves}) == 1 else waves

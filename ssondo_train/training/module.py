@@ -98,6 +98,7 @@ class DistillModule(L.LightningModule):
         recalibration_batches: Callable[[], Iterable[Tensor]] | None = None,
         recalibration_items: int = 512,
         seed: int = 0,
+        index_log_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.student = student
@@ -111,6 +112,7 @@ class DistillModule(L.LightningModule):
         self.recalibration_batches = recalibration_batches
         self.recalibration_items = recalibration_items
         self.seed = int(seed)
+        self.index_log_dir = index_log_dir
         self._val_cos: list[Tensor] = []
         self._val_mean_cos: list[Tensor] = []
         self._tick: float | None = None
@@ -142,6 +144,9 @@ class DistillModule(L.LightningModule):
         return mixup(logmel, self.mixup_alpha, self._rng(2))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.index_log_dir is not None:  # sampling audit: which windows each rank trained on
+            with open(f"{self.index_log_dir}/indices.rank{self.global_rank}.txt", "a") as fh:
+                fh.write(f"{self.global_step} " + " ".join(map(str, batch["index"].tolist())) + "\n")
         logmel, mix = self._mix(batch["logmel"])
         proj, _ = self.student(logmel)
         target = self.target_norm(batch["target"].float())

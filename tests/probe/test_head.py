@@ -28,16 +28,16 @@ from ssondo_train.probe.head import (
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny full-batch problems: with 2 threads on a shared 2-core box OpenMP spin-waits dominate (10x
-    slower).""" old = torch.get_num_threads()
+    """Tiny full-batch problems: 2 threads on a shared 2-core box spend their time in OpenMP spin-waits."""
+    old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
 
 
 def blobs(n: int, d: int, c: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian classes around random means, with an offset and per-dimension scales (so standardising
-    matters).""" rng = np.random.default_rng(seed)
+    """Gaussian classes around random means, with offsets and per-dimension scales (standardising matters)."""
+    rng = np.random.default_rng(seed)
     means = rng.standard_normal((c, d)) * sep
     y = np.arange(n) % c
     rng.shuffle(y)

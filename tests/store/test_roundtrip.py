@@ -83,6 +83,9 @@ def test_round_trip(tmp_path: Path, backend: str, dtype: str, audio: str | None,
     np.testing.assert_array_equal(batch["embedding"].numpy(), ref[[3, 3, 0]])
     if audio:
         assert batch["audio"].shape == (3, want[0].audio.shape[0])
+    raw = store.dataset(embedding_dtype=None).get_batch([1, 2])["embedding"]
+    assert raw.dtype == (torch.float16 if dtype == "float16" else torch.float32)
+    np.testing.assert_array_equal(raw.float().numpy(), ref[[1, 2]])
 
 
 @pytest.mark.parametrize("backend", ["wds", "h5"])
