@@ -258,3 +258,51 @@ class DistillConfig:
         check_range("distill.mixup_alpha", self.mixup_alpha, 0.0)
         if len(self.betas) != 2:
             raise ValueError(f"distill.betas must have two values, got {self.betas}")
+
+
+PROBE_FIT_KEYS = ("lrs", "weight_decays", "max_epochs", "solver", "refit", "grid_strategy", "tol")
+
+
+@register_schema("probe")
+@dataclasses.dataclass
+class ProbeConfig:
+    """``probe:`` section (``configs/stage/probe.yaml``); the spec strings are documented there."""
+
+    tasks: list = dataclasses.field(default_factory=list)  # strings, or mappings {task, root, ...}
+    models: list[str] = dataclasses.field(
+        default_factory=lambda: ["teacher", "logmel", "untrained", "student", "student_proj"])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    window_seconds: float | None = None
+    batch_size: int = 64
+    device: str = "auto"
+    checkpoint: str = "last"
+    num_workers: int = 2
+    bn_recalibration_items: int = 512
+    val_fraction: float = 0.1
+    fit: dict = dataclasses.field(default_factory=dict)
+    export_heads: bool = True
+
+    def __post_init__(self) -> None:
+        from ssondo_train.probe.models import parse_model_spec
+
+        if not self.tasks:
+            raise ValueError("probe.tasks is empty; list demo task names, manifest:<csv> or <benchmark>:<root>")
+        if not self.models:
+            raise ValueError("probe.models is empty")
+        labels = [parse_model_spec(m).label for m in self.models]  # raises on an unknown spec
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"probe.models has duplicate entries: {self.models}")
+        if not self.seeds:
+            raise ValueError("probe.seeds is empty")
+        if self.window_seconds is not None:
+            check_range("probe.window_seconds", self.window_seconds, 0.0, low_open=True)
+        check_range("probe.batch_size", self.batch_size, 1)
+        check_range("probe.num_workers", self.num_workers, 0)
+        check_range("probe.bn_recalibration_items", self.bn_recalibration_items, 1)
+        check_range("probe.val_fraction", self.val_fraction, 0.0, 0.5, low_open=True)
+        check_choice("probe.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        if self.checkpoint not in ("last", "best") and not self.checkpoint.endswith(".ckpt"):
+            raise ValueError(f"probe.checkpoint={self.checkpoint!r}: use last, best or a path to a .ckpt file")
+        unknown = sorted(set(self.fit) - set(PROBE_FIT_KEYS))
+        if unknown:
+            raise ValueError(f"probe.fit has unknown keys {unknown}; allowed: {', '.join(PROBE_FIT_KEYS)}")

@@ -29,9 +29,9 @@ import struct
 import subprocess
 import tempfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -648,6 +648,11 @@ def plan_instrument_task(cfg: DemoConfig, seed: int) -> PlannedSet:
         for offset in programs:
             program = family * 8 + offset
             pitches = _probe_pitches(program)
+            if len(pitches) < max(tc.train_per_program, tc.test_per_program):
+                raise DemoBuildError(
+                    f"GM program {program} has {len(pitches)} probe pitches, fewer than "
+                    f"data.tasks.instrument_family.train_per_program/test_per_program "
+                    f"({tc.train_per_program}/{tc.test_per_program})")
             train_notes += [(program, int(p)) for p in rng.choice(pitches, tc.train_per_program, replace=False)]
             test_notes += [(program, int(p)) for p in rng.choice(pitches, tc.test_per_program, replace=False)]
         order = rng.permutation(len(train_notes))
@@ -983,12 +988,27 @@ def _manifest(planned: PlannedSet, root: Path, rendered: dict[str, RenderResult]
     return Manifest(root, clips), dropped
 
 
-def plan_demo(cfg: DemoConfig, seed: int) -> tuple[PlannedSet, list[PlannedSet]]:
+@dataclass(frozen=True)
+class DemoInventory:
+    """What the installed packages offer: espeak-ng variants, ktuberling and sonic-pi recordings."""
+
+    variants: tuple[str, ...]
+    ktuberling: dict[str, list[Recording]]
+    sonic_pi: dict[str, list[Recording]]
+
+
+def load_inventory(assets: DemoAssets) -> DemoInventory:
+    """Check the packages and list their material (hashes every recording: about a second)."""
+    check_assets(assets)
+    return DemoInventory(tuple(espeak_variants(assets.espeak)), ktuberling_inventory(Path(assets.ktuberling)),
+                         sonic_pi_inventory(Path(assets.sonic_pi)))
+
+
+def plan_demo(cfg: DemoConfig, seed: int, inventory: DemoInventory | None = None) -> tuple[
+        PlannedSet, list[PlannedSet]]:
     """Plan the corpus and the four probe tasks (no rendering); asserts their disjointness."""
-    check_assets(cfg.assets)
-    variants = espeak_variants(cfg.assets.espeak)
-    ktub = ktuberling_inventory(Path(cfg.assets.ktuberling))
-    spi = sonic_pi_inventory(Path(cfg.assets.sonic_pi))
+    inv = inventory if inventory is not None else load_inventory(cfg.assets)
+    variants, ktub, spi = inv.variants, inv.ktuberling, inv.sonic_pi
     tasks = [
         plan_instrument_task(cfg, seed),
         plan_digits_task(cfg, seed, variants),
@@ -1001,16 +1021,22 @@ def plan_demo(cfg: DemoConfig, seed: int) -> tuple[PlannedSet, list[PlannedSet]]
     return corpus, tasks
 
 
-def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path) -> BuildResult:
+def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path,
+               inventory: DemoInventory | None = None) -> BuildResult:
     """Plan, render and write the demo corpus and probe tasks into ``out_dir`` (see the module docstring).
 
-    Existing ``corpus/`` and ``tasks/`` folders in ``out_dir`` are replaced.
+    Existing ``corpus/`` and ``tasks/`` folders in ``out_dir`` are replaced. ``inventory`` (from
+    ``load_inventory``) may be passed to skip re-scanning the packages.
+
+    Raises:
+        DemoBuildError: a package is missing (with the ``apt-get`` line), probe material leaked into the
+            corpus, a renderer failed, or a task split ended up empty.
     """
     import time
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    corpus, tasks = plan_demo(cfg, seed)
+    corpus, tasks = plan_demo(cfg, seed, inventory)
     corpus_root = out_dir / "corpus"
     task_dir = out_dir / TASK_MANIFEST_DIR
     for stale in (corpus_root, task_dir):

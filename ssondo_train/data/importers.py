@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +29,15 @@ class ImportFailure:
     message: str = ""
 
 
-def iter_audio_files(folder: Path) -> Iterator[Path]:
-    """Audio files under ``folder`` (recursive), in sorted relative-path order, hidden entries skipped."""
+def iter_audio_files(folder: Path) -> list[Path]:
+    """Audio files under ``folder`` (recursive, hidden entries skipped), sorted by relative POSIX path."""
+    found = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        # os.walk's order is the filesystem's; sorting in place makes the whole walk deterministic.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS:
-                yield Path(dirpath) / name
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / n for n in filenames
+                  if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_EXTENSIONS]
+    # os.walk's order is the filesystem's; sorting makes imports identical on every machine.
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def folder_clip_id(rel_path: str) -> str:

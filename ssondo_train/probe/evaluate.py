@@ -227,7 +227,7 @@ def _average(per_task: Mapping[str, tuple[float, float]], tasks: Sequence[str]) 
 
 def results_markdown(
     results: Mapping[str, Mapping[str, tuple[float, float]]],
-    teacher: str,
+    teacher: str | None,
     baselines: Sequence[str] = (),
     tasks: Sequence[str] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
@@ -238,7 +238,8 @@ def results_markdown(
 
     Args:
         results: ``results[model][task] = (mean, ci95_half_width)``, scores in [0, 1] (shown x ``scale``).
-        teacher: the model whose Avg. is 100 % retention (must be in ``results``).
+        teacher: the model whose Avg. is 100 % retention (must be in ``results``); ``None`` = no teacher
+            was evaluated, the Retention column then shows "–" for every row.
         baselines: models shown without retention (e.g. supervised students).
         tasks: column order (default: Table 1 order for the known tasks, then the others as first seen).
         groups: optional extra average columns, e.g. :data:`TABLE1_GROUPS` (Music / Env.).
@@ -247,13 +248,13 @@ def results_markdown(
     Rows keep the order of ``results``. ``Avg.`` is the plain mean of the task means and is "–" when a task is
     missing; ``Retention`` = student Avg. / teacher Avg. in percent (computed on unrounded values).
     """
-    if teacher not in results:
+    if teacher is not None and teacher not in results:
         raise KeyError(f"teacher {teacher!r} not in results ({sorted(results)})")
     cols = _ordered_tasks(results, tasks)
     groups = dict(groups or {})
     header = ["Model", *[TASK_HEADERS.get(t, t) for t in cols], *groups, "Avg.", "Retention"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    teacher_avg = _average(results[teacher], cols)
+    teacher_avg = _average(results[teacher], cols) if teacher is not None else None
 
     def fmt(v: float | None, ci: float | None = None) -> str:
         if v is None or math.isnan(v):

@@ -567,6 +567,67 @@ def load_manifest(
     return ProbeTask(name or manifest.stem, task_type, names, clips, "folds" if use_folds else "splits")
 
 
+# --- ssondo manifests (stage=prepare's tasks/<task>.csv, see ssondo_train.data.manifest)
+SSONDO_MANIFEST_MAGIC = "# ssondo-manifest"
+SPLIT_ALIASES: dict[str, str] = {"val": "valid", "validation": "valid", "dev": "valid", "eval": "test"}
+
+
+def is_ssondo_manifest(path: str | Path) -> bool:
+    """Whether ``path`` starts with the ``# ssondo-manifest v<N> root=...`` header line."""
+    with open(path, encoding="utf-8") as fh:
+        return fh.readline().lstrip().startswith(SSONDO_MANIFEST_MAGIC)
+
+
+def load_ssondo_manifest(manifest: str | Path, name: str | None = None) -> ProbeTask:
+    """Task from an ssondo manifest v1 (the format stage=prepare writes for its probe tasks).
+
+    Protocol: ``splits`` when every labelled clip has a split (``train``/``valid``/``test``; ``val``,
+    ``validation``, ``dev`` -> ``valid``, ``eval`` -> ``test``), else ``folds`` when every labelled clip has a
+    fold. Unlabelled clips are dropped (they cannot be probed). Class order: sorted labels. Multi-label when a
+    clip has several labels.
+    """
+    from ssondo_train.data.manifest import read_manifest
+
+    path = Path(manifest)
+    man = read_manifest(path)
+    labelled = [c for c in man if c.labels]
+    if len(labelled) < len(man):
+        log.info("%s: %d unlabelled clips dropped", path.name, len(man) - len(labelled))
+    if not labelled:
+        raise ValueError(f"manifest {path} has no labelled clip")
+    splits = [SPLIT_ALIASES.get(c.split, c.split) for c in labelled]
+    if all(s in SPLITS for s in splits):
+        protocol: Protocol = "splits"
+        split_of: list[int | str] = list(splits)
+    elif all(c.fold is not None for c in labelled):
+        protocol = "folds"
+        split_of = [int(c.fold) for c in labelled]  # type: ignore[arg-type]
+    else:
+        bad = sorted({s for s in splits if s not in SPLITS})[:5]
+        raise ValueError(
+            f"manifest {path}: every labelled clip needs a split in {SPLITS} (got e.g. {bad}) or a fold"
+        )
+    names = sorted({lab for c in labelled for lab in c.labels})
+    index = {n: i for i, n in enumerate(names)}
+    task_type: Literal["multiclass", "multilabel"] = (
+        "multilabel" if any(len(c.labels) > 1 for c in labelled) else "multiclass"
+    )
+    clips = [
+        ProbeClip(c.clip_id, man.abs_path(c), tuple(sorted(index[lab] for lab in c.labels)), s)
+        for c, s in zip(labelled, split_of, strict=True)
+    ]
+    return ProbeTask(name or path.stem, task_type, names, clips, protocol)
+
+
+def load_any_manifest(manifest: str | Path, name: str | None = None, **kw: Any) -> ProbeTask:
+    """An ssondo manifest (:func:`load_ssondo_manifest`) or a plain CSV (:func:`load_manifest`), by header."""
+    if is_ssondo_manifest(manifest):
+        if kw:
+            raise ValueError(f"options {sorted(kw)} do not apply to an ssondo manifest ({manifest})")
+        return load_ssondo_manifest(manifest, name)
+    return load_manifest(manifest, name, **kw)
+
+
 TASK_BUILDERS: dict[str, Callable[..., ProbeTask]] = {
     "esc50": load_esc50,
     "us8k": load_us8k,

@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "precompute": "ssondo_train.stages.precompute",
     "cluster": "ssondo_train.stages.cluster",
     "distill": "ssondo_train.stages.distill",
+    "probe": "ssondo_train.stages.probe",
 }
 
 

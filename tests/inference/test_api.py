@@ -272,3 +272,22 @@ def test_device_and_determinism(model: SsondoModel) -> None:
         assert torch.equal(model(x), model(x))
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert np.isfinite(model(x).detach().numpy()).all()
+
+
+def test_chunked_evaluation_equals_one_call(model: SsondoModel) -> None:
+    x = audio(3, 2.0, seed=5)
+    outs = {}
+    try:
+        for chunk in (None, 1, 4):
+            model.chunk_size = chunk
+            with torch.no_grad():
+                outs[chunk] = model(x)
+        model.train()  # training-mode backbones see the whole batch (BatchNorm statistics)
+        assert len(model._chunks(torch.zeros(3, 2, 5))) == 1
+    finally:
+        model.chunk_size = 4
+        model.eval()
+    assert outs[None].shape == (3, 2, 960)
+    assert close(outs[1], outs[None]) and close(outs[4], outs[None])
+    with pytest.raises(ValueError, match="chunk_size"):
+        SsondoModel(model.student, chunk_size=0)

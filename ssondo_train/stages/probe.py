@@ -1,0 +1,531 @@
+"""stage=probe: linear probes of frozen models (teacher, baselines, students, exports) on labelled tasks.
+
+For every model of ``probe.models`` and task of ``probe.tasks`` (spec strings: ``configs/stage/probe.yaml``):
+
+1. embed every clip once (windows batched across clips, mean over windows) and cache the result in
+   ``<run>/probe/cache/<model digest>/<task>.npz``; the digest covers the weights (checkpoint sha256), the
+   model config and the window length, so a rerun (also with ``force=true``) reuses it;
+2. run the probe protocol of :func:`ssondo_train.probe.evaluate.run_probe` (standardised features, weight
+   decay chosen on the validation split, never on the test split; accuracy or mAP);
+3. fit one deployment head per (model, task) with the same protocol on the non-test clips and export it in
+   ssondo's head format (normalisation folded in) to ``heads/<model>/<task>.pth`` + ``.json``.
+
+Outputs in ``<run>/probe/``: ``results.json``, ``results.csv``, ``results.md`` (the paper's Table-1 layout
+with retention = model / teacher), ``results.png`` (bar chart), ``heads/``, ``cache/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssondo_train.stages.base import Stage, StageContext, StageError
+
+log = logging.getLogger(__name__)
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+RESULTS_PNG = "results.png"
+CACHE_DIR = "cache"
+HEADS_DIR = "heads"
+CACHE_FORMAT_VERSION = 1
+TEACHER_LABEL = "teacher"
+CSV_COLUMNS = ("model", "task", "metric", "mean", "ci95", "retention_pct", "n_clips", "n_skipped",
+               "embedding_dim", "seeds", "cache_hit", "error")
+
+
+# --- tasks
+@dataclass
+class TaskEntry:
+    """A resolved task: its spec, the :class:`ProbeTask` and where it came from (demo/manifest/benchmark)."""
+
+    spec: str
+    source: str
+    task: Any  # ProbeTask
+    digest: str
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_task_spec(spec: Any) -> tuple[str, str, str | None, dict[str, Any]]:
+    """``(source, name, root, options)`` of a task spec.
+
+    ``"<demo task>"`` -> ``("demo", name, None, {})``; ``"manifest:<csv>"`` -> ``("manifest", "manifest",
+    csv, {})``; ``"<benchmark>:<root>[;key=value...]"`` -> ``("benchmark", benchmark, root, options)``; a
+    mapping ``{task, root, **options}`` is read the same way.
+    """
+    from ssondo_train.probe.tasks import TASK_ALIASES, TASK_BUILDERS
+
+    if isinstance(spec, Mapping):
+        opts = dict(spec)
+        kind = str(opts.pop("task", opts.pop("name", "")) or "")
+        root = opts.pop("root", None)
+        if not kind:
+            raise StageError(f"probe task {spec!r}: a mapping needs 'task' (and 'root')")
+        if root is None:
+            if opts:
+                raise StageError(f"probe task {spec!r}: options without 'root'")
+            return "demo", kind, None, {}
+        text = f"{kind}:{root}"
+    else:
+        text, opts = str(spec).strip(), {}
+    head, sep, rest = text.partition(":")
+    if not sep:
+        if not head:
+            raise StageError("empty probe task spec")
+        return "demo", head, None, {}
+    key = TASK_ALIASES.get(head.strip().lower(), head.strip().lower())
+    if key not in TASK_BUILDERS:
+        raise StageError(f"probe task {spec!r}: unknown task kind {head!r}; use a demo task name, manifest:<csv> "
+                         f"or one of {', '.join(k for k in TASK_BUILDERS if k != 'manifest')}:<root>")
+    root, *options = rest.split(";")
+    for opt in options:
+        k, eq, v = opt.partition("=")
+        if not eq or not k.strip():
+            raise StageError(f"probe task {spec!r}: option {opt!r} is not key=value")
+        opts[k.strip()] = _parse_value(v.strip())
+    if not root.strip():
+        raise StageError(f"probe task {spec!r}: give the {'CSV file' if key == 'manifest' else 'dataset folder'}")
+    return ("manifest" if key == "manifest" else "benchmark"), key, root.strip(), opts
+
+
+def task_digest(task: Any) -> str:
+    """What a task's embeddings depend on: clip ids, audio paths and splits (splits drive BN calibration)."""
+    from ssondo_train.probe.models import digest_of
+
+    return digest_of({"name": task.name, "clips": [[c.clip_id, str(c.path), str(c.split)] for c in task.clips]})
+
+
+def resolve_task(ctx: StageContext, spec: Any) -> TaskEntry:
+    """Build the :class:`ProbeTask` of one spec (demo tasks need stage=prepare of this run)."""
+    from ssondo_train.data.manifest import TASK_MANIFEST_DIR
+    from ssondo_train.probe.tasks import build_task, load_any_manifest
+
+    source, name, root, opts = parse_task_spec(spec)
+    try:
+        if source == "demo":
+            ctx.require_done("prepare")
+            folder = ctx.stage_dir("prepare") / TASK_MANIFEST_DIR
+            path = folder / f"{name}.csv"
+            if not path.is_file():
+                found = sorted(p.stem for p in folder.glob("*.csv"))
+                raise StageError(f"probe task {name!r}: no {path}; demo tasks of this run: {', '.join(found) or 'none'}"
+                                 " (use manifest:<csv> or <benchmark>:<root> for other tasks)")
+            task = load_any_manifest(path, name)
+        elif source == "manifest":
+            assert root is not None
+            task = load_any_manifest(root, opts.pop("name", None), **opts)
+        else:
+            assert root is not None
+            task = build_task(name, root, **opts)
+    except StageError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise StageError(f"probe task {spec!r}: {err}") from None
+    return TaskEntry(str(spec), source, task, task_digest(task))
+
+
+# --- models
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def run_window_seconds(ctx: StageContext, override: float | None) -> float | None:
+    """``probe.window_seconds`` if set, else the run's ``precompute.window_seconds`` (done.json), else None."""
+    from ssondo_train.utils.io import read_json
+
+    if override:
+        return float(override)
+    marker = ctx.stage_dir("precompute") / "done.json"
+    if marker.is_file():
+        value = read_json(marker).get("config", {}).get("precompute", {}).get("window_seconds")
+        if value:
+            return float(value)
+    return None
+
+
+def checkpoint_path(ctx: StageContext, which: str) -> Path:
+    """The distill checkpoint ``last``, ``best`` (from distill's done.json) or an explicit ``.ckpt`` path."""
+    from ssondo_train.stages.distill import CHECKPOINT_DIR, LAST_CKPT
+
+    done = ctx.require_done("distill")
+    if which == "last":
+        path = ctx.stage_dir("distill") / CHECKPOINT_DIR / LAST_CKPT
+    elif which == "best":
+        best = (done.get("checkpoints") or {}).get("best")
+        if not best:
+            raise StageError("probe.checkpoint=best but distill's done.json names no best checkpoint; use last")
+        path = ctx.run_dir / best
+    else:
+        path = Path(which)
+    if not path.is_file():
+        raise StageError(f"distill checkpoint {path} does not exist (probe.checkpoint={which})")
+    return path
+
+
+def build_embedders(ctx: StageContext, pcfg: Any) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """``(label -> ClipEmbedder, label -> spec, skipped label -> reason)`` for ``probe.models``."""
+    from ssondo_train.config.groups import StudentConfig, TeacherConfig
+    from ssondo_train.config.schema import to_schema
+    from ssondo_train.probe import models as pm
+
+    specs = [pm.parse_model_spec(m) for m in pcfg.models]
+    window = run_window_seconds(ctx, pcfg.window_seconds)
+    default_window = window or pm.DEFAULT_WINDOW_SECONDS
+    if window is None and any(s.kind != "export" for s in specs):
+        log.info("probe: no precompute stage in this run and probe.window_seconds unset: %g s windows",
+                 default_window)
+    ckpt: Path | None = None
+    if any(s.kind in pm.STUDENT_KINDS for s in specs):
+        ckpt = checkpoint_path(ctx, pcfg.checkpoint)
+    embedders: dict[str, Any] = {}
+    spec_of: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for s in specs:
+        spec_of[s.label] = s.spec
+        if s.kind == "teacher":
+            tcfg = to_schema("teacher", ctx.cfg.teacher, TeacherConfig)
+            embedders[s.label] = pm.teacher_embedder(tcfg, default_window)
+        elif s.kind == "logmel":
+            embedders[s.label] = pm.logmel_embedder(default_window)
+        elif s.kind == "untrained":
+            scfg = to_schema("student", ctx.cfg.student, StudentConfig)
+            embedders[s.label] = pm.untrained_embedder(scfg, int(ctx.cfg.seed), default_window)
+        elif s.kind in pm.STUDENT_KINDS:
+            assert ckpt is not None
+            output = "backbone" if s.kind == "student" else "projector"
+            embedders[s.label] = pm.checkpoint_embedder(ckpt, output, default_window)
+        else:
+            assert s.arg is not None
+            try:
+                embedders[s.label] = pm.export_embedder(s.arg, pcfg.window_seconds)
+            except ImportError as err:
+                skipped[s.label] = f"ssondo_train.export is not available ({err}); {s.spec} skipped"
+                log.warning("probe: %s", skipped[s.label])
+            except (OSError, ValueError) as err:
+                raise StageError(f"probe model {s.spec!r}: {err}") from None
+    return embedders, spec_of, skipped
+
+
+# --- embedding cache
+def _save_cache(path: Path, emb: Any, model_digest: str, tdigest: str) -> None:
+    from ssondo_train.utils.io import atomic_path
+
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            format_version=np.int64(CACHE_FORMAT_VERSION),
+            model_digest=np.str_(model_digest),
+            task_digest=np.str_(tdigest),
+            clip_ids=np.array(emb.clip_ids, dtype=str),
+            embeddings=emb.x.astype(np.float32),
+            skipped_ids=np.array(list(emb.skipped), dtype=str),
+            skipped_reasons=np.array(list(emb.skipped.values()), dtype=str),
+            windows=np.int64(emb.windows),
+            calibration_windows=np.int64(emb.calibration_windows),
+        )
+
+
+def load_cache(path: Path, model_digest: str, tdigest: str) -> Any | None:
+    """The cached :class:`EmbeddedClips` if ``path`` holds this model's embeddings of this task, else None."""
+    from ssondo_train.probe.models import EmbeddedClips
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if (int(z["format_version"]) != CACHE_FORMAT_VERSION or str(z["model_digest"]) != model_digest
+                    or str(z["task_digest"]) != tdigest):
+                log.info("probe: cache %s is stale (model or task changed); recomputing", path)
+                return None
+            return EmbeddedClips([str(c) for c in z["clip_ids"]], z["embeddings"].astype(np.float32),
+                                 dict(zip(map(str, z["skipped_ids"]), map(str, z["skipped_reasons"]), strict=True)),
+                                 int(z["windows"]), 0.0, int(z["calibration_windows"]))
+    except (OSError, KeyError, ValueError) as err:
+        log.warning("probe: unreadable cache %s (%s); recomputing", path, err)
+        return None
+
+
+def task_embeddings(embedder: Any, entry: TaskEntry, cache_root: Path, pcfg: Any, device: str,
+                    seed: int) -> tuple[Any, bool, Path]:
+    """Embeddings of ``entry``'s clips with ``embedder``: from the cache, or computed and cached.
+
+    Returns ``(EmbeddedClips, cache_hit, cache_path)``.
+    """
+    from ssondo_train.probe.models import calibration_batches, embed_clips
+    from ssondo_train.utils.io import atomic_write_json
+
+    digest = embedder.digest()
+    path = cache_root / digest / f"{entry.task.name}.npz"
+    cached = load_cache(path, digest, entry.digest)
+    if cached is not None:
+        log.info("probe: %s / %s from cache %s", embedder.kind, entry.task.name, path)
+        return cached, True, path
+    embedder.load(device)
+    task = entry.task
+    clips = [(c.clip_id, str(c.path)) for c in task.clips]
+    n_cal = 0
+    if embedder.needs_calibration:
+        # fold tasks have no training split of their own: every fold is training data for the others
+        train = [str(c.path) for c in task.clips if task.protocol == "folds" or c.split == "train"]
+        n_cal = embedder.calibrate(
+            calibration_batches(train, embedder.sample_rate, embedder.window_samples, int(pcfg.batch_size),
+                                int(pcfg.bn_recalibration_items), seed, int(pcfg.num_workers)),
+            int(pcfg.bn_recalibration_items))
+        log.info("probe: %s BatchNorm statistics recalibrated on %d training windows of %s", embedder.kind,
+                 n_cal, task.name)
+    emb = embed_clips(embedder, clips, int(pcfg.batch_size), int(pcfg.num_workers), progress=True)
+    emb.calibration_windows = n_cal
+    _save_cache(path, emb, digest, entry.digest)
+    atomic_write_json(path.parent / "model.json", embedder.describe())
+    log.info("probe: %s / %s: %d clips (%d windows, %d skipped) in %.1f s", embedder.kind, task.name,
+             len(emb.clip_ids), emb.windows, len(emb.skipped), emb.seconds)
+    return emb, False, path
+
+
+# --- probe fits
+def fit_export_probe(features_by_clip: Mapping[str, np.ndarray], task: Any, seed: int = 0, device: str = "cpu",
+                     val_fraction: float = 0.1, **fit_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """The deployment head of a task: fitted on the non-test clips with the probe protocol.
+
+    ``splits`` tasks: train on ``train``, choose the weight decay on ``valid`` (carved from ``train`` with
+    ``seed`` when absent), refit on both; the ``test`` score is reported. This is exactly the fit behind
+    :func:`run_probe`'s score when the task has a ``valid`` split. ``folds`` tasks: every clip is used,
+    ``val_fraction`` of them (stratified, ``seed``) for the choice; no test score.
+
+    Returns:
+        ``(ProbeResult, info)`` with ``info`` = fitted_on / n_train / n_val / test_score (or None).
+    """
+    from ssondo_train.probe.head import carve_validation, evaluate, fit_linear_probe
+
+    keep = [i for i, c in enumerate(task.clips) if c.clip_id in features_by_clip]
+    if not keep:
+        raise ValueError(f"{task.name}: no clip has an embedding")
+    x = np.stack([np.asarray(features_by_clip[task.clips[i].clip_id], dtype=np.float32) for i in keep])
+    y_all, mask_all = task.targets()
+    y = y_all[keep]
+    mask = None if mask_all is None else mask_all[keep]
+    split = [task.clips[i].split for i in keep]
+
+    def where(cond: Any) -> np.ndarray:
+        return np.array([j for j, s in enumerate(split) if cond(s)], dtype=np.int64)
+
+    te = np.zeros(0, dtype=np.int64)
+    if task.protocol == "splits":
+        tr, va, te = where(lambda s: s == "train"), where(lambda s: s == "valid"), where(lambda s: s == "test")
+        fitted_on = "train, weight decay chosen on valid, refit on train+valid"
+        if len(va) == 0:
+            tr, va = carve_validation(tr, y, val_fraction, seed)
+            fitted_on = f"train ({val_fraction:g} carved out for the weight decay with seed {seed}), refit on all"
+    else:
+        tr, va = carve_validation(np.arange(len(keep)), y, val_fraction, seed)
+        fitted_on = f"all folds ({val_fraction:g} carved out for the weight decay with seed {seed}), refit on all"
+    if len(tr) == 0:
+        raise ValueError(f"{task.name}: no training clip with an embedding")
+
+    def pick(a: np.ndarray | None, i: np.ndarray) -> np.ndarray | None:
+        return None if a is None else a[i]
+
+    res = fit_linear_probe(x[tr], y[tr], x[va], y[va], task.task_type, task.n_classes, device=device, seed=seed,
+                           mask_train=pick(mask, tr), mask_val=pick(mask, va), **fit_kwargs)
+    test_score = (evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te))
+                  if len(te) else None)
+    return res, {"fitted_on": fitted_on, "n_train": int(len(tr)), "n_val": int(len(va)), "test_score": test_score}
+
+
+def write_head(path: Path, result: Any, task: Any, extra: Mapping[str, Any]) -> Path:
+    """``path`` (.pth, ssondo head format, normalisation folded) + ``path.with_suffix('.json')`` metadata."""
+    import torch
+
+    from ssondo_train.probe.head import export_head
+    from ssondo_train.utils.io import atomic_path, atomic_write_json
+
+    state, meta = export_head(result, task.name, task.class_names)
+    with atomic_path(path, suffix=".pth") as tmp:
+        torch.save(state, tmp)
+    atomic_write_json(path.with_suffix(".json"), {**meta, **dict(extra)})
+    return path
+
+
+def _finite(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+# --- reporting
+def _table_groups(tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    from ssondo_train.probe.evaluate import TABLE1_GROUPS
+
+    return {g: m for g, m in TABLE1_GROUPS.items() if all(t in tasks for t in m)}
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from ssondo_train.config.groups import ProbeConfig
+    from ssondo_train.config.schema import ConfigError, to_schema
+    from ssondo_train.probe.evaluate import plot_results, results_markdown, run_probe, write_results
+    from ssondo_train.utils.io import atomic_write_text
+
+    try:
+        pcfg = to_schema("probe", ctx.cfg.probe, ProbeConfig)
+    except ConfigError as err:
+        raise StageError(str(err)) from None
+    seed = int(ctx.cfg.seed)
+    device = _device(pcfg.device)
+    out = ctx.out_dir
+
+    entries = [resolve_task(ctx, spec) for spec in pcfg.tasks]
+    names = [e.task.name for e in entries]
+    if len(set(names)) != len(names):
+        raise StageError(f"probe tasks have duplicate names {names}; give manifests distinct file names")
+    embedders, spec_of, skipped_models = build_embedders(ctx, pcfg)
+    fit_kwargs = dict(pcfg.fit)
+    for key in ("lrs", "weight_decays"):
+        if key in fit_kwargs:
+            fit_kwargs[key] = [float(v) for v in fit_kwargs[key]]
+    seeds = [int(s) for s in pcfg.seeds]
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    models_info: dict[str, dict[str, Any]] = {}
+    for label, embedder in embedders.items():
+        digest = embedder.digest()
+        models_info[label] = {"spec": spec_of[label], "digest": digest, "cache": f"{CACHE_DIR}/{digest}",
+                              **embedder.describe()}
+        per_task: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            task = entry.task
+            started = time.perf_counter()
+            emb, hit, cache_path = task_embeddings(embedder, entry, out / CACHE_DIR, pcfg, device, seed)
+            row: dict[str, Any] = {
+                "cache_hit": hit,
+                "cache": str(cache_path.relative_to(out)),
+                "embed_seconds": round(time.perf_counter() - started, 3),
+                "n_skipped": len(emb.skipped),
+                "skipped_clips": emb.skipped_by_reason(),
+                "windows": emb.windows,
+            }
+            if emb.calibration_windows:
+                row["bn_calibration_windows"] = emb.calibration_windows
+            features = emb.as_dict()
+            t0 = time.perf_counter()
+            try:
+                row.update(run_probe(features, task, seeds, device=device, val_fraction=pcfg.val_fraction,
+                                     allow_missing=True, **fit_kwargs))
+                if pcfg.export_heads:
+                    res, info = fit_export_probe(features, task, seeds[0], device, pcfg.val_fraction, **fit_kwargs)
+                    head = write_head(out / HEADS_DIR / label / f"{task.name}.pth", res, task, {
+                        "model": label, "model_spec": spec_of[label], "model_digest": digest,
+                        "embedding": embedder.describe(), "metric": task.metric, **info})
+                    row["head"] = str(head.relative_to(out))
+                    row["head_test_score"] = info["test_score"]
+            except (ValueError, KeyError) as err:
+                row["error"] = str(err)
+                log.error("probe: %s on %s failed: %s", label, task.name, err)
+            row["probe_seconds"] = round(time.perf_counter() - t0, 3)
+            per_task[task.name] = row
+            if "mean" in row:
+                log.info("probe: %s on %s: %s %.4f ± %s", label, task.name, task.metric, row["mean"], row["ci95"])
+        results[label] = per_task
+        models_info[label]["embedding_calls"] = embedder.calls
+        embedder.unload()
+
+    # retention per task and the tables
+    teacher = TEACHER_LABEL if TEACHER_LABEL in results else None
+    scores: dict[str, dict[str, tuple[float, float]]] = {}
+    csv_rows: list[dict[str, Any]] = []
+    for label, per_task in results.items():
+        scores[label] = {}
+        for name, row in per_task.items():
+            t_row = results[teacher][name] if teacher else {}
+            if "mean" in row and "mean" in t_row and t_row["mean"]:
+                row["retention_pct"] = 100.0 * row["mean"] / t_row["mean"]
+            if "mean" in row:
+                scores[label][name] = (row["mean"], row["ci95"])
+            csv_rows.append({"model": label, "task": name, "metric": row.get("metric"), "mean": _finite(row.get("mean")),
+                             "ci95": _finite(row.get("ci95")), "retention_pct": row.get("retention_pct"),
+                             "n_clips": row.get("n_clips"), "n_skipped": row["n_skipped"],
+                             "embedding_dim": row.get("embedding_dim"), "seeds": " ".join(map(str, seeds)),
+                             "cache_hit": row["cache_hit"], "error": row.get("error")})
+    table = ""
+    if scores:
+        table = results_markdown(scores, teacher=teacher, tasks=names, groups=_table_groups(names))
+    metric_note = ", ".join(f"{e.task.name}: {e.task.metric}" for e in entries)
+    notes = [f"Scores x100 ({metric_note}), mean ± 95 % CI over seeds {seeds}; linear probe on frozen embeddings, "
+             "weight decay chosen on the validation split only."]
+    notes.append(f"Retention = model Avg. / {teacher} Avg." if teacher else
+                 "No teacher in probe.models: no retention.")
+    for label, per_task in results.items():
+        for name, row in per_task.items():
+            if row["n_skipped"]:
+                notes.append(f"{label} / {name}: {row['n_skipped']} clips skipped {row['skipped_clips']}")
+            if "error" in row:
+                notes.append(f"{label} / {name}: failed: {row['error']}")
+    for label, reason in skipped_models.items():
+        notes.append(f"{label}: {reason}")
+    markdown = (f"# Linear probe: run {ctx.run_dir.name}\n\n{table}\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+
+    tasks_info = {e.task.name: {"spec": e.spec, "source": e.source, "digest": e.digest, **e.task.summary()}
+                  for e in entries}
+    write_results({"format_version": 1, "run_name": ctx.run_dir.name, "teacher": teacher, "seeds": seeds,
+                   "tasks": tasks_info, "models": models_info, "skipped_models": skipped_models,
+                   "results": results, "table_markdown": table}, out / RESULTS_JSON)
+    atomic_write_text(out / RESULTS_CSV, _csv_text(csv_rows))
+    atomic_write_text(out / RESULTS_MD, markdown)
+    chart = None
+    if scores:
+        chart = plot_results(scores, out / RESULTS_PNG, tasks=names, title=f"linear probe, run {ctx.run_dir.name}")
+
+    compact = {label: {name: {k: _finite(row.get(k)) if k in ("mean", "ci95", "retention_pct") else row.get(k)
+                              for k in ("metric", "mean", "ci95", "retention_pct", "n_clips", "n_skipped",
+                                        "cache_hit", "error") if k in row}
+                       for name, row in per_task.items()}
+               for label, per_task in results.items()}
+    summary = (f"probe: {len(results)} models x {len(entries)} tasks -> {out / RESULTS_MD}\n\n{table}"
+               if table else f"probe: no result ({'; '.join(notes[2:]) or 'nothing to probe'})")
+    return {
+        "summary": summary,
+        "results": compact,
+        "models": {label: {"spec": info["spec"], "digest": info["digest"]} for label, info in models_info.items()},
+        "tasks": {name: {"spec": info["spec"], "n_clips": info["n_clips"], "metric": info["metric"]}
+                  for name, info in tasks_info.items()},
+        "skipped_models": skipped_models,
+        "outputs": {"json": RESULTS_JSON, "csv": RESULTS_CSV, "markdown": RESULTS_MD,
+                    "chart": RESULTS_PNG if chart else None, "heads": HEADS_DIR if pcfg.export_heads else None},
+    }
+
+
+STAGE = Stage(
+    name="probe",
+    run=run,
+    config_keys=("probe", "teacher", "student", "seed"),
+    requires=(),  # prepare / distill are required only by demo tasks / student models (checked in run)
+    description="linear probes of teacher, baselines and students on labelled tasks (Table-1 report)",
+)
