@@ -286,7 +286,7 @@ class ProbeConfig:
         from ssondo_train.probe.models import parse_model_spec
 
         if not self.tasks:
-            raise ValueError("probe.tasks is empty; list demo task names, manifest:<csv> or <benchmark>:<root>")
+            raise ValueError("probe.tasks is empty; list demo task names, manifest:<csv> or <bench>:<root>")
         if not self.models:
             raise ValueError("probe.models is empty")
         labels = [parse_model_spec(m).label for m in self.models]  # raises on an unknown spec
@@ -302,7 +302,7 @@ class ProbeConfig:
         check_range("probe.val_fraction", self.val_fraction, 0.0, 0.5, low_open=True)
         check_choice("probe.device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
         if self.checkpoint not in ("last", "best") and not self.checkpoint.endswith(".ckpt"):
-            raise ValueError(f"probe.checkpoint={self.checkpoint!r}: use last, best or a path to a .ckpt file")
+            raise ValueError(f"probe.checkpoint={self.checkpoint!r}: use last, best or a .ckpt path")
         unknown = sorted(set(self.fit) - set(PROBE_FIT_KEYS))
         if unknown:
             raise ValueError(f"probe.fit has unknown keys {unknown}; allowed: {', '.join(PROBE_FIT_KEYS)}")

@@ -64,8 +64,8 @@ LICENSES: dict[str, str] = {
 
 # General-MIDI families (8 programs each, in program order) and the pitch range each one plays well in.
 GM_FAMILIES: tuple[str, ...] = (
-    "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed", "pipe",
-    "synth_lead", "synth_pad", "synth_effects", "ethnic", "percussive", "sound_effects",
+    "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed",
+    "pipe", "synth_lead", "synth_pad", "synth_effects", "ethnic", "percussive", "sound_effects",
 )
 GM_RANGES: tuple[tuple[int, int], ...] = (
     (36, 96), (48, 96), (36, 84), (40, 84), (24, 60), (36, 84), (40, 84), (40, 82), (45, 84), (55, 96),
@@ -83,16 +83,20 @@ def program_range(program: int) -> tuple[int, int]:
 
 # The 10 families of the instrument probe: the pitched, acoustically distinct ones.
 PROBE_FAMILIES: tuple[str, ...] = (
-    "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "brass", "reed", "pipe", "synth_lead",
+    "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "brass", "reed", "pipe",
+    "synth_lead",
 )
 # Probe notes use pitches that are multiples of 3; this leaves 2 of every 3 pitches to the corpus.
 PROBE_PITCH_MODULUS = 3
 DIGITS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ENGLISH_ACCENTS: tuple[str, ...] = (
-    "en-029", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp", "en-us", "en-us-nyc",
+    "en-029", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp", "en-us",
+    "en-us-nyc",
 )
 DRUM_CHANNEL = 9
-TASK_NAMES: tuple[str, ...] = ("instrument_family", "spoken_digits", "ktuberling_language", "sonic_pi_category")
+TASK_NAMES: tuple[str, ...] = (
+    "instrument_family", "spoken_digits", "ktuberling_language", "sonic_pi_category",
+)
 
 
 class DemoBuildError(RuntimeError):
@@ -164,7 +168,8 @@ class InstrumentTask:
             raise ValueError(f"data.tasks.instrument_family.programs_per_family must be in 1..8, "
                              f"got {self.programs_per_family}")
         if self.train_per_program < 2 or self.test_per_program < 1:
-            raise ValueError("data.tasks.instrument_family needs train_per_program >= 2, test_per_program >= 1")
+            raise ValueError("data.tasks.instrument_family needs train_per_program >= 2 and "
+                             "test_per_program >= 1")
 
 
 @dataclass
@@ -432,15 +437,18 @@ def _render_gm(job: RenderJob) -> list[RenderResult]:
     with tempfile.TemporaryDirectory(prefix="ssondo_gm_") as tmp:
         mid, wav_path = Path(tmp) / "batch.mid", Path(tmp) / "batch.wav"
         mid.write_bytes(midi_bytes(events))
+        # Reverb and chorus off: their tails would cross clip boundaries. Float output: the quiet render is
+        # peak-normalised afterwards, so 16-bit here would cost resolution.
         cmd = [job.fluidsynth, "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.5", "-r", str(job.sample_rate),
-               "-F", str(wav_path), "-T", "wav", job.soundfont, str(mid)]
+               "-O", "float", "-F", str(wav_path), "-T", "wav", job.soundfont, str(mid)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not wav_path.exists():
-            raise DemoBuildError(f"fluidsynth failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+            raise DemoBuildError(
+                f"fluidsynth failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
         audio, sr = decode(wav_path)
     mono = to_mono(audio).numpy()
     results = []
-    for seg, start in zip(job.items, starts):
+    for seg, start in zip(job.items, starts, strict=True):
         a = int(round(start * sr))
         results.append(_finish(job, seg.rel_path, mono[a : a + int(round(seg.seconds * sr))], seg.peak))
     return results
@@ -533,14 +541,14 @@ class Recording:
     seconds: float
 
 
-def _recordings(folder: Path, pattern: str) -> list[Recording]:
-    """Recordings under ``folder`` matching ``pattern``, de-duplicated by content (first sorted path wins)."""
+def _recordings(folder: Path, suffixes: tuple[str, ...]) -> list[Recording]:
+    """Files in ``folder`` with one of ``suffixes``, de-duplicated by content (first sorted path wins)."""
     from ssondo_train.audio.io import AudioError, audio_info
 
     seen: set[str] = set()
     out = []
-    for path in sorted(folder.glob(pattern)):
-        if not path.is_file():
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in suffixes:
             continue
         digest = sha256_file(path)
         if digest in seen:
@@ -559,7 +567,7 @@ def ktuberling_inventory(folder: Path) -> dict[str, list[Recording]]:
     """Language -> distinct recordings (``<lang>/*.{ogg,wav,opus}``)."""
     out: dict[str, list[Recording]] = {}
     for lang_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        recs = [r for r in _recordings(lang_dir, "*") if r.path.suffix.lower() in (".ogg", ".wav", ".opus")]
+        recs = _recordings(lang_dir, (".ogg", ".wav", ".opus"))
         if recs:
             out[lang_dir.name] = recs
     return out
@@ -568,7 +576,7 @@ def ktuberling_inventory(folder: Path) -> dict[str, list[Recording]]:
 def sonic_pi_inventory(folder: Path) -> dict[str, list[Recording]]:
     """Category (file-name prefix before the first ``_``) -> distinct recordings."""
     out: dict[str, list[Recording]] = defaultdict(list)
-    for rec in _recordings(folder, "*.flac"):
+    for rec in _recordings(folder, (".flac",)):
         out[rec.path.name.split("_", 1)[0]].append(rec)
     return dict(sorted(out.items()))
 
@@ -653,8 +661,8 @@ def plan_instrument_task(cfg: DemoConfig, seed: int) -> PlannedSet:
                     f"GM program {program} has {len(pitches)} probe pitches, fewer than "
                     f"data.tasks.instrument_family.train_per_program/test_per_program "
                     f"({tc.train_per_program}/{tc.test_per_program})")
-            train_notes += [(program, int(p)) for p in rng.choice(pitches, tc.train_per_program, replace=False)]
-            test_notes += [(program, int(p)) for p in rng.choice(pitches, tc.test_per_program, replace=False)]
+            train_notes += [(program, int(p)) for p in rng.choice(pitches, tc.train_per_program, False)]
+            test_notes += [(program, int(p)) for p in rng.choice(pitches, tc.test_per_program, False)]
         order = rng.permutation(len(train_notes))
         n_valid = max(1, round(len(train_notes) * tc.valid_fraction))
         valid_idx = set(order[:n_valid].tolist())
@@ -689,13 +697,13 @@ def plan_digits_task(cfg: DemoConfig, seed: int, variants: Sequence[str]) -> Pla
     voices = [all_voices[i] for i in rng.choice(len(all_voices), n, replace=False)]
     split_of = (["train"] * tc.train_voices + ["valid"] * tc.valid_voices + ["test"] * tc.test_voices)
     task = PlannedSet("spoken_digits")
-    for voice, split in zip(voices, split_of):
+    for voice, split in zip(voices, split_of, strict=True):
         for digit, word in enumerate(DIGITS):
             for rep in range(tc.repeats):
                 clip_id = f"digits__{_voice_id(voice)}__{digit}__r{rep}"
                 rel = f"{clip_id}.{cfg.audio_format}"
-                task.speech.append(SpeechItem(rel, voice, int(rng.integers(120, 200)), int(rng.integers(25, 76)),
-                                              word, 0.7))
+                speed, pitch = int(rng.integers(120, 200)), int(rng.integers(25, 76))
+                task.speech.append(SpeechItem(rel, voice, speed, pitch, word, 0.7))
                 task.clips.append(PlannedClip(clip_id, rel, (word,), split, "espeak", (f"voice:{voice}",)))
     return task
 
@@ -719,7 +727,8 @@ def _plan_file_task(
             rec = recs[idx]
             split = "train" if rank < n_train else "valid" if rank < n_train + n_valid else "test"
             stem = rec.rel.rsplit(".", 1)[0].replace("/", "__")
-            clip_id = f"{prefix}__{label}__{stem}" if not stem.startswith(f"{label}_") else f"{prefix}__{stem}"
+            # sonic-pi names already start with their category ("ambi_choir"): no need to repeat it.
+            clip_id = f"{prefix}__{stem}" if stem.startswith(f"{label}_") else f"{prefix}__{label}__{stem}"
             rel = f"{clip_id}.{cfg.audio_format}"
             task.files.append(_file_item(rel, rec))
             task.clips.append(PlannedClip(clip_id, rel, (label,), split, source, (f"sha256:{rec.digest}",)))
@@ -750,6 +759,62 @@ _SCALES: tuple[tuple[int, ...], ...] = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 
 _DRUMS = (35, 36, 38, 40, 42, 44, 46, 49, 51, 45, 47, 48, 50, 39, 54, 56, 37, 75, 76, 70)
 
 
+def _plan_gm_clip(
+    kind: str, seconds: float, rng: np.random.Generator, pitch_for: Callable[[int, int], int], sf_name: str,
+) -> tuple[list[tuple[int, int]], list[Note], list[str]]:
+    """Channel programs, notes and provenance keys of one corpus GM clip of ``kind``."""
+    notes: list[Note] = []
+    programs: list[tuple[int, int]] = []
+    keys: list[str] = []
+
+    def add(channel: int, program: int, wanted: int, on: float, off: float) -> None:
+        p = pitch_for(program, wanted)
+        notes.append(Note(channel, p, int(rng.integers(50, 121)), round(on, 3), round(off, 3)))
+        keys.append(f"gm:{sf_name}:p{program:03d}:n{p:03d}")
+
+    if kind == "drums":
+        step = 60.0 / float(rng.uniform(80, 160)) / 4  # sixteenth notes
+        voices = rng.choice(_DRUMS, int(rng.integers(3, 7)), replace=False)
+        density = rng.uniform(0.15, 0.6, len(voices))
+        t = 0.0
+        while t < seconds - 0.1:
+            for drum, d in zip(voices, density, strict=True):
+                if rng.random() < d:
+                    notes.append(Note(DRUM_CHANNEL, int(drum), int(rng.integers(50, 121)), round(t, 3),
+                                      round(t + 0.1, 3)))
+                    keys.append(f"gm-drum:{sf_name}:n{int(drum):03d}")
+            t += step
+        if not notes:
+            notes.append(Note(DRUM_CHANNEL, 38, 100, 0.0, 0.1))
+            keys.append(f"gm-drum:{sf_name}:n038")
+    else:
+        layers = 2 if kind == "duet" else 1
+        for layer in range(layers):
+            program = int(rng.integers(0, 128))
+            programs.append((layer, program))
+            lo, hi = program_range(program)
+            root = int(rng.integers(lo, max(lo + 1, hi - 12)))
+            style = kind if kind != "duet" else ("melody" if layer == 0 else "chord")
+            end = seconds * float(rng.uniform(0.6, 0.95))
+            if style == "note":
+                add(layer, program, root, float(rng.uniform(0, 0.1)), end)
+            elif style == "chord":
+                shape = _CHORDS[int(rng.integers(len(_CHORDS)))]
+                strum = float(rng.uniform(0, 0.04))
+                for k, interval in enumerate(shape):
+                    add(layer, program, root + interval, k * strum, end)
+            else:
+                scale = _SCALES[int(rng.integers(len(_SCALES)))]
+                t = 0.0
+                while t < end - 0.1:
+                    length = float(rng.choice([0.125, 0.25, 0.25, 0.375, 0.5]))
+                    degree = int(rng.integers(0, len(scale) * 2))
+                    wanted = root + 12 * (degree // len(scale)) + scale[degree % len(scale)]
+                    add(layer, program, wanted, t, min(t + length * 0.95, end))
+                    t += length
+    return programs, notes, keys
+
+
 def plan_corpus(
     cfg: DemoConfig, seed: int, reserved: set[str], variants: Sequence[str],
     ktub: Mapping[str, list[Recording]], spi: Mapping[str, list[Recording]],
@@ -778,55 +843,7 @@ def plan_corpus(
     for i in range(cc.gm):
         kind = kinds[int(rng.choice(len(kinds), p=kind_p))]
         seconds = round(float(rng.uniform(lo_s, hi_s)), 3)
-        notes: list[Note] = []
-        programs: list[tuple[int, int]] = []
-        keys: list[str] = []
-
-        def add(channel: int, program: int, wanted: int, on: float, off: float) -> None:
-            p = pitch_for(program, wanted)
-            notes.append(Note(channel, p, int(rng.integers(50, 121)), round(on, 3), round(off, 3)))
-            keys.append(_gm_key(tim, program, p))
-
-        if kind == "drums":
-            step = 60.0 / float(rng.uniform(80, 160)) / 4  # sixteenth notes
-            voices = rng.choice(_DRUMS, int(rng.integers(3, 7)), replace=False)
-            density = rng.uniform(0.15, 0.6, len(voices))
-            t = 0.0
-            while t < seconds - 0.1:
-                for drum, d in zip(voices, density):
-                    if rng.random() < d:
-                        notes.append(Note(DRUM_CHANNEL, int(drum), int(rng.integers(50, 121)), round(t, 3),
-                                          round(t + 0.1, 3)))
-                        keys.append(f"gm-drum:{Path(tim).stem}:n{int(drum):03d}")
-                t += step
-            if not notes:
-                notes.append(Note(DRUM_CHANNEL, 38, 100, 0.0, 0.1))
-                keys.append(f"gm-drum:{Path(tim).stem}:n038")
-        else:
-            layers = 2 if kind == "duet" else 1
-            for layer in range(layers):
-                program = int(rng.integers(0, 128))
-                programs.append((layer, program))
-                lo, hi = program_range(program)
-                root = int(rng.integers(lo, max(lo + 1, hi - 12)))
-                style = kind if kind != "duet" else ("melody" if layer == 0 else "chord")
-                end = seconds * float(rng.uniform(0.6, 0.95))
-                if style == "note":
-                    add(layer, program, root, float(rng.uniform(0, 0.1)), end)
-                elif style == "chord":
-                    shape = _CHORDS[int(rng.integers(len(_CHORDS)))]
-                    strum = float(rng.uniform(0, 0.04))
-                    for k, interval in enumerate(shape):
-                        add(layer, program, root + interval, k * strum, end)
-                else:
-                    scale = _SCALES[int(rng.integers(len(_SCALES)))]
-                    t = 0.0
-                    while t < end - 0.1:
-                        length = float(rng.choice([0.125, 0.25, 0.25, 0.375, 0.5]))
-                        degree = int(rng.integers(0, len(scale) * 2))
-                        wanted = root + 12 * (degree // len(scale)) + scale[degree % len(scale)]
-                        add(layer, program, wanted, t, min(t + length * 0.95, end))
-                        t += length
+        programs, notes, keys = _plan_gm_clip(kind, seconds, rng, pitch_for, Path(tim).stem)
         clip_id = f"gm__{i:05d}"
         rel = f"gm/{clip_id}.{fmt}"
         peak = round(float(rng.uniform(0.25, 0.95)), 3)
@@ -849,8 +866,9 @@ def plan_corpus(
         text = random_sentence("en" if lang == "en" else lang, rng, int(rng.integers(2, 10)))
         clip_id = f"espeak__{i:05d}"
         rel = f"espeak/{clip_id}.{fmt}"
-        corpus.speech.append(SpeechItem(rel, voice, int(rng.integers(110, 230)), int(rng.integers(20, 81)), text,
-                                        round(float(rng.uniform(0.25, 0.95)), 3)))
+        speed, pitch = int(rng.integers(110, 230)), int(rng.integers(20, 81))
+        peak = round(float(rng.uniform(0.25, 0.95)), 3)
+        corpus.speech.append(SpeechItem(rel, voice, speed, pitch, text, peak))
         corpus.clips.append(PlannedClip(clip_id, rel, (), "", "espeak", (f"voice:{voice}",)))
 
     # --- ktuberling words, concatenated per language into 1-4 s utterances
@@ -882,8 +900,8 @@ def plan_corpus(
         cursors[lang] = (order, pos)
         clip_id = f"ktub__{i:05d}"
         rel = f"ktuberling/{clip_id}.{fmt}"
-        corpus.files.append(FileItem(rel, tuple(pieces), tuple(gaps), round(float(rng.uniform(0.25, 0.95)), 3),
-                                     target))
+        peak = round(float(rng.uniform(0.25, 0.95)), 3)
+        corpus.files.append(FileItem(rel, tuple(pieces), tuple(gaps), peak, target))
         corpus.clips.append(PlannedClip(clip_id, rel, (), "", "ktuberling", tuple(sorted(set(used)))))
 
     # --- sonic-pi recordings of the categories the probe does not use, cut into windows
@@ -913,8 +931,8 @@ def assert_disjoint(corpus: PlannedSet, tasks: Sequence[PlannedSet]) -> None:
     for task in tasks:
         shared = corpus_keys & task.keys()
         if shared:
-            raise DemoBuildError(f"probe task {task.name} shares {len(shared)} source(s) with the distillation "
-                                 f"corpus, e.g. {sorted(shared)[:5]}")
+            raise DemoBuildError(f"probe task {task.name} shares {len(shared)} source(s) with the "
+                                 f"distillation corpus, e.g. {sorted(shared)[:5]}")
     ids = Counter(c.clip_id for s in (corpus, *tasks) for c in s.clips)
     dup = [k for k, n in ids.items() if n > 1]
     if dup:
@@ -936,8 +954,8 @@ class BuildResult:
 
 def _jobs_for(planned: PlannedSet, out_root: Path, cfg: DemoConfig) -> list[RenderJob]:
     common = dict(out_root=str(out_root), sample_rate=cfg.sample_rate, min_seconds=cfg.min_seconds,
-                  max_seconds=cfg.max_seconds, audio_format=cfg.audio_format, fluidsynth=cfg.assets.fluidsynth,
-                  espeak=cfg.assets.espeak)
+                  max_seconds=cfg.max_seconds, audio_format=cfg.audio_format,
+                  fluidsynth=cfg.assets.fluidsynth, espeak=cfg.assets.espeak)
     jobs = []
     for soundfont, segs in planned.gm.items():
         for a in range(0, len(segs), cfg.fluidsynth_batch):
@@ -1054,7 +1072,7 @@ def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path,
              sum(len(s.clips) for s in sets), len(jobs), cfg.workers)
     results = _run_jobs(jobs, cfg.workers)
     by_set: dict[str, dict[str, RenderResult]] = defaultdict(dict)
-    for name, res in zip(owner, results):
+    for name, res in zip(owner, results, strict=True):
         for r in res:
             by_set[name][r.rel_path] = r
     dropped: dict[str, dict[str, str]] = {}
@@ -1069,7 +1087,8 @@ def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path,
         man = manifests[task.name]
         missing = {s for s in ("train", "valid", "test") if not man.filter(split=s).clips}
         if missing:
-            raise DemoBuildError(f"task {task.name} has no clip in split(s) {sorted(missing)} after rendering")
+            raise DemoBuildError(f"task {task.name} has no clip in split(s) {sorted(missing)} after "
+                                 "rendering")
     write_manifest(out_dir / CORPUS_MANIFEST, manifests["corpus"])
     for task in tasks:
         write_manifest(task_dir / f"{task.name}.csv", manifests[task.name])
@@ -1082,14 +1101,12 @@ def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path,
 
 def summarize(result: BuildResult) -> dict[str, Any]:
     """Key figures for ``done.json``: corpus size, sources, licences; per task classes, counts and splits."""
-    corpus = result.corpus
+    from ssondo_train.data.importers import corpus_figures
+
     return {
         "corpus": {
             "manifest": CORPUS_MANIFEST,
-            "clips": len(corpus),
-            "hours": round(corpus.total_seconds / 3600, 4),
-            "sources": dict(sorted(Counter(c.source for c in corpus).items())),
-            "licences": dict(sorted(Counter(c.license for c in corpus).items())),
+            **corpus_figures(result.corpus),
             "dropped": len(result.dropped.get("corpus", {})),
         },
         "tasks": {

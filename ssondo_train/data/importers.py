@@ -41,7 +41,10 @@ def iter_audio_files(folder: Path) -> list[Path]:
 
 
 def folder_clip_id(rel_path: str) -> str:
-    """Clip id of a file from its root-relative POSIX path: extension dropped, ``/`` -> ``__``, spaces -> ``_``."""
+    """Clip id of a file from its root-relative POSIX path.
+
+    The extension is dropped, ``/`` becomes ``__``, and spaces, commas and semicolons become ``_``.
+    """
     stem = rel_path.rsplit(".", 1)[0] if "." in Path(rel_path).name else rel_path
     return stem.replace("/", "__").replace(" ", "_").replace(",", "_").replace(";", "_")
 
@@ -166,7 +169,8 @@ def read_audioset_segments(csv_path: str | Path) -> tuple[list[AudioSetSegment],
     failures: list[ImportFailure] = []
     with open(csv_path, encoding="utf-8", newline="") as fh:
         lines = [(i + 1, ln) for i, ln in enumerate(fh) if ln.strip() and not ln.lstrip().startswith("#")]
-    for (lineno, _), row in zip(lines, csv.reader((ln for _, ln in lines), skipinitialspace=True)):
+    rows = csv.reader((ln for _, ln in lines), skipinitialspace=True)
+    for (lineno, _), row in zip(lines, rows, strict=True):
         where = f"{Path(csv_path).name}:{lineno}"
         try:
             if len(row) != 4:
@@ -264,3 +268,71 @@ def import_audioset(
     log.info("AudioSet import of %s: %d rows, %d matched, %d missing, %d failed", segments_csv,
              result.n_rows, len(clips), result.n_missing, len(failures))
     return result
+
+
+# ------------------------------------------------------------------------------------- stage entry point
+
+
+def corpus_figures(manifest: Manifest) -> dict[str, object]:
+    """Clips, hours, clips per source and per licence of a corpus manifest (for ``done.json``)."""
+    from collections import Counter
+
+    return {
+        "clips": len(manifest),
+        "hours": round(manifest.total_seconds / 3600, 4),
+        "sources": dict(sorted(Counter(c.source for c in manifest).items())),
+        "licences": dict(sorted(Counter(c.license for c in manifest).items())),
+    }
+
+
+def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
+    """Write ``corpus.csv`` in ``out_dir`` for the non-demo corpora: ``data.kind`` ``folder`` or ``audioset``.
+
+    ``folder`` keys: ``root`` (folder of audio), optional ``source``, ``license``, ``split``,
+    ``label_from_parent``. ``audioset`` keys: ``segments_csv`` (one path or a list), ``audio_dir``, optional
+    ``class_labels_csv``. Skipped files are written to ``import_failures.json``.
+
+    Returns:
+        ``{"corpus": {...figures, "manifest", "failures", "missing"}, "tasks": {}}``.
+    """
+    from ssondo_train.data.manifest import CORPUS_MANIFEST, write_manifest
+    from ssondo_train.utils.io import atomic_write_json
+
+    out_dir = Path(out_dir)
+    kind = data.get("kind")
+    allowed = {"folder": {"kind", "root", "source", "license", "split", "label_from_parent"},
+               "audioset": {"kind", "segments_csv", "audio_dir", "class_labels_csv", "license"}}
+    if kind not in allowed:
+        raise ValueError(f"data.kind must be one of demo, {', '.join(allowed)}; got {kind!r}")
+    unknown = sorted(set(data) - allowed[kind])
+    if unknown:
+        raise ValueError(f"unknown key(s) for data.kind={kind}: {', '.join(f'data.{k}' for k in unknown)}")
+    missing: list[str] = []
+    if kind == "folder":
+        if not data.get("root"):
+            raise ValueError("data.root (the folder of audio files) must be set for data.kind=folder")
+        manifest, failures = import_folder(
+            data["root"], source=data.get("source"), license=data.get("license") or "",
+            split=data.get("split") or "", label_from_parent=bool(data.get("label_from_parent", False)))
+    else:
+        csvs = data.get("segments_csv")
+        if not csvs or not data.get("audio_dir"):
+            raise ValueError("data.segments_csv and data.audio_dir must be set for data.kind=audioset")
+        csvs = [csvs] if isinstance(csvs, str | Path) else list(csvs)
+        clips, failures = [], []
+        root = Path(data["audio_dir"]).resolve()
+        for csv_path in csvs:
+            result = import_audioset(csv_path, root, class_labels_csv=data.get("class_labels_csv"),
+                                     license=data.get("license") or AUDIOSET_LICENSE)
+            clips += result.manifest.clips
+            failures += result.failures
+            missing += result.missing
+        manifest = Manifest(root, clips)
+    if not len(manifest):
+        raise ValueError(f"data.kind={kind}: no usable audio file found ({len(failures)} failed, "
+                         f"{len(missing)} missing)")
+    write_manifest(out_dir / CORPUS_MANIFEST, manifest)
+    atomic_write_json(out_dir / "import_failures.json", {
+        "failures": [f.__dict__ for f in failures], "missing": missing})
+    return {"corpus": {"manifest": CORPUS_MANIFEST, **corpus_figures(manifest), "failures": len(failures),
+                       "missing": len(missing)}, "tasks": {}}

@@ -55,7 +55,8 @@ WORDS: dict[str, str] = {
 SYLLABLE_LANGUAGES: tuple[str, ...] = ("cs", "hu", "ro", "hr", "sk", "da", "nb", "eu", "ca", "cy", "lv", "et",
                                        "sw")
 
-_ONSETS = ("", "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kr", "st", "tr")
+_ONSETS = ("", "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kr", "st",
+           "tr")
 _NUCLEI = ("a", "e", "i", "o", "u", "ai", "ou", "ea")
 _CODAS = ("", "", "", "n", "r", "s", "l", "m", "k")
 

@@ -66,7 +66,7 @@ class ModelSpec:
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
-    """``"teacher"`` / ``"logmel"`` / ``"untrained"`` / ``"student"`` / ``"student_proj"`` / ``"export:<dir>"``.
+    """Parse ``teacher``, ``logmel``, ``untrained``, ``student``, ``student_proj`` or ``export:<dir>``.
 
     Raises:
         ValueError: unknown kind, or ``export`` without a folder.
@@ -75,7 +75,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
     kind, sep, arg = text.partition(":")
     kind = kind.strip().lower()
     if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown probe model {spec!r}; use one of {', '.join(MODEL_KINDS[:-1])} or export:<dir>")
+        raise ValueError(
+            f"unknown probe model {spec!r}; use one of {', '.join(MODEL_KINDS[:-1])} or export:<dir>"
+        )
     if kind == "export":
         if not arg.strip():
             raise ValueError(f"probe model {spec!r}: give the export folder, e.g. export:outputs/demo/export")
@@ -99,7 +101,11 @@ def path_digest(path: str | Path) -> str:
     if path.is_file():
         return sha256_file(path)
     if path.is_dir():
-        parts = [f"{p.relative_to(path).as_posix()}:{sha256_file(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
+        parts = [
+            f"{p.relative_to(path).as_posix()}:{sha256_file(p)}"
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        ]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
     raise FileNotFoundError(f"no such file or folder: {path}")
 
@@ -162,7 +168,7 @@ class ClipEmbedder(abc.ABC):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _unbuild(self) -> None:  # subclasses drop their modules
+    def _unbuild(self) -> None:  # noqa: B027 - optional hook: subclasses drop their modules
         pass
 
     def embed(self, wav: Tensor) -> Tensor:
@@ -184,7 +190,7 @@ class ClipEmbedder(abc.ABC):
 
 
 class LogMelEmbedder(ClipEmbedder):
-    """Mean and std over time of the student log-mel (``StudentFrontEnd``): ``(B, n)`` -> ``(B, 2 * n_mels)``."""
+    """Mean and std over time of the student log-mel: ``(B, n)`` -> ``(B, 2 * n_mels)``."""
 
     kind = "logmel"
 
@@ -220,11 +226,14 @@ class StudentEmbedder(ClipEmbedder):
     Args:
         loader: ``() -> (student, target_mean, target_std)`` building the ``StudentWithProjector`` (or a bare
             backbone when ``output="backbone"``); called once by :meth:`load`.
-        output: ``"backbone"`` -> ``(B, emb_size)``; ``"projector"`` -> ``proj * std + mean`` ``(B, D_teacher)``.
+        output: ``"backbone"`` -> ``(B, emb_size)``; ``"projector"`` -> ``proj * std + mean``
+            ``(B, D_teacher)``.
         fingerprint: what the weights depend on (checkpoint digest or build config + seed).
         frontend_kwargs: ``StudentFrontEnd`` arguments (default: S-SONDO's 32 kHz log-mel).
         norm_mean, norm_std: log-mel normalisation of the export's preprocess (identity by default).
         calibrate_bn: recalibrate BatchNorm statistics on the task's training clips before embedding.
+        calibration_items, calibration_batch_size: windows used for that, and their batch size (both change
+            the statistics, so both are part of the fingerprint).
     """
 
     def __init__(
@@ -238,6 +247,8 @@ class StudentEmbedder(ClipEmbedder):
         norm_mean: float = 0.0,
         norm_std: float = 1.0,
         calibrate_bn: bool = False,
+        calibration_items: int = 512,
+        calibration_batch_size: int = 64,
     ) -> None:
         super().__init__(window_seconds)
         if output not in ("backbone", "projector"):
@@ -249,6 +260,8 @@ class StudentEmbedder(ClipEmbedder):
         self.frontend_kwargs = dict(frontend_kwargs or {})
         self.norm_mean, self.norm_std = float(norm_mean), float(norm_std)
         self.needs_calibration = bool(calibrate_bn)
+        self.calibration_items = int(calibration_items)
+        self.calibration_batch_size = int(calibration_batch_size)
         self.frontend: nn.Module | None = None
         self.backbone: nn.Module | None = None
         self.projector: nn.Module | None = None
@@ -267,7 +280,9 @@ class StudentEmbedder(ClipEmbedder):
             "frontend": self.frontend_kwargs,
             "norm": [self.norm_mean, self.norm_std],
             "window_seconds": self.window_seconds,
-            "bn_calibration": self.needs_calibration,
+            "bn_calibration": (
+                [self.calibration_items, self.calibration_batch_size] if self.needs_calibration else None
+            ),
         }
 
     def _build(self, device: torch.device) -> None:
@@ -430,11 +445,17 @@ def load_distill_checkpoint(path: str | Path) -> DistillCheckpoint:
         raise ValueError(f"{path}: weights do not match the stored student config: {err}") from None
     ignored = sorted(k for k in state if not k.startswith(CHECKPOINT_PREFIXES))
     if ignored:
-        log.warning("%s: %d state-dict entries outside student/target_norm ignored, e.g. %s", path.name,
-                    len(ignored), ignored[0])
+        log.warning(
+            "%s: %d state-dict entries outside student/target_norm ignored, e.g. %s",
+            path.name,
+            len(ignored),
+            ignored[0],
+        )
     mean, std = state["target_norm.mean"].float(), state["target_norm.std"].float()
     if mean.shape != (teacher_dim,) or std.shape != (teacher_dim,):
-        raise ValueError(f"{path}: target_norm buffers {tuple(mean.shape)}/{tuple(std.shape)} != ({teacher_dim},)")
+        raise ValueError(
+            f"{path}: target_norm buffers {tuple(mean.shape)}/{tuple(std.shape)} != ({teacher_dim},)"
+        )
     return DistillCheckpoint(path, student.eval(), mean, std, config, sha256_file(path), ignored)
 
 
@@ -447,8 +468,15 @@ def teacher_embedder(teacher_cfg: Any, window_seconds: float) -> TeacherEmbedder
     return TeacherEmbedder(teacher_cfg, window_seconds)
 
 
-def untrained_embedder(student_cfg: Any, seed: int, window_seconds: float) -> StudentEmbedder:
-    """The configured student backbone with a seeded random init (no ImageNet weights); BN recalibrated."""
+def untrained_embedder(
+    student_cfg: Any,
+    seed: int,
+    window_seconds: float,
+    calibration_items: int = 512,
+    calibration_batch_size: int = 64,
+) -> StudentEmbedder:
+    """The configured student backbone with a seeded random init (no ImageNet weights); BatchNorm statistics
+    recalibrated on each task's training windows (``calibration_items`` of them, seeded order)."""
     import dataclasses
 
     from ssondo_train.students import build_student
@@ -461,8 +489,16 @@ def untrained_embedder(student_cfg: Any, seed: int, window_seconds: float) -> St
         return model, None, None
 
     cfg = {k: v for k, v in dataclasses.asdict(student_cfg).items() if k in ("name", "kwargs")}
-    return StudentEmbedder("untrained", loader, window_seconds, {"student": cfg, "seed": int(seed)},
-                           output="backbone", calibrate_bn=True)
+    return StudentEmbedder(
+        "untrained",
+        loader,
+        window_seconds,
+        {"student": cfg, "seed": int(seed)},
+        output="backbone",
+        calibrate_bn=True,
+        calibration_items=calibration_items,
+        calibration_batch_size=calibration_batch_size,
+    )
 
 
 def checkpoint_embedder(ckpt_path: str | Path, output: str, window_seconds: float) -> StudentEmbedder:
@@ -478,7 +514,9 @@ def checkpoint_embedder(ckpt_path: str | Path, output: str, window_seconds: floa
         ck = load_distill_checkpoint(ckpt_path)
         return ck.student, ck.target_mean, ck.target_std
 
-    return StudentEmbedder(kind, loader, window_seconds, {"checkpoint_sha256": sha256_file(ckpt_path)}, output=output)
+    return StudentEmbedder(
+        kind, loader, window_seconds, {"checkpoint_sha256": sha256_file(ckpt_path)}, output=output
+    )
 
 
 def export_embedder(export_dir: str | Path, window_seconds: float | None) -> StudentEmbedder:
@@ -502,10 +540,20 @@ def export_embedder(export_dir: str | Path, window_seconds: float | None) -> Stu
     def loader() -> tuple[nn.Module, None, None]:
         return load_safetensors(export_dir), None, None
 
-    fp = {"safetensors_sha256": path_digest(weights), "config_sha256": path_digest(export_dir / "config.json")}
-    return StudentEmbedder("export", loader, float(window_seconds or spec.window_s), fp, output="backbone",
-                           frontend_kwargs=spec.frontend_kwargs(), norm_mean=spec.norm_mean,
-                           norm_std=spec.norm_std)
+    fp = {
+        "safetensors_sha256": path_digest(weights),
+        "config_sha256": path_digest(export_dir / "config.json"),
+    }
+    return StudentEmbedder(
+        "export",
+        loader,
+        float(window_seconds or spec.window_s),
+        fp,
+        output="backbone",
+        frontend_kwargs=spec.frontend_kwargs(),
+        norm_mean=spec.norm_mean,
+        norm_std=spec.norm_std,
+    )
 
 
 # --- clip embedding
@@ -570,13 +618,19 @@ def _iter_items(paths: Sequence[str], sample_rate: int, window: int, num_workers
     if num_workers <= 0 or len(paths) < 2:
         yield from (dataset[i] for i in range(len(dataset)))
         return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_first, prefetch_factor=4)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_first, prefetch_factor=4
+    )
     yield from loader
 
 
 def calibration_batches(
-    paths: Sequence[str], sample_rate: int, window: int, batch_size: int, max_items: int, seed: int,
+    paths: Sequence[str],
+    sample_rate: int,
+    window: int,
+    batch_size: int,
+    max_items: int,
+    seed: int,
     num_workers: int = 0,
 ) -> Iterator[Tensor]:
     """``(B, n)`` window batches from ``paths`` in a seeded random order, at most ``max_items`` windows.
@@ -646,7 +700,9 @@ def embed_clips(
 
         bar = tqdm(total=n, unit="clip", desc=f"embed[{embedder.kind}]", dynamic_ncols=True, disable=None)
     try:
-        for item in _iter_items([p for _, p in clips], embedder.sample_rate, embedder.window_samples, num_workers):
+        for item in _iter_items(
+            [p for _, p in clips], embedder.sample_rate, embedder.window_samples, num_workers
+        ):
             if bar is not None:
                 bar.update(1)
             if item.windows is None or len(item.windows) == 0:

@@ -1,4 +1,4 @@
-"""``stage=prepare``: build the offline demo corpus and its four probe tasks.
+"""``stage=prepare``: build the offline demo corpus and its four probe tasks, or import a corpus.
 
 Writes ``corpus.csv`` (+ ``corpus/``), ``tasks/<task>.csv`` (+ ``tasks/<task>/``) and ``provenance.json``
 into the stage folder; later stages find them with ``ctx.stage_dir("prepare") / CORPUS_MANIFEST``. The
@@ -13,15 +13,22 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ssondo_train.data.demo_corpus import DemoConfig, build_demo, summarize
+from ssondo_train.data.importers import import_corpus
 from ssondo_train.stages.base import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Build the demo corpus into ``ctx.out_dir``; return the summary that lands in ``done.json``."""
+    """Build the demo corpus (``data.kind=demo``) or import a corpus (``folder``, ``audioset``) into
+    ``ctx.out_dir``; return the summary that lands in ``done.json``."""
     data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
-    cfg = DemoConfig.from_mapping(data)  # type: ignore[arg-type]
+    assert isinstance(data, dict)
+    if data.get("kind", "demo") != "demo":
+        summary = import_corpus(data, ctx.out_dir)
+        log.info("prepare: imported %s corpus: %s", data["kind"], summary["corpus"])
+        return summary
+    cfg = DemoConfig.from_mapping(data)
     result = build_demo(cfg, int(ctx.cfg.seed), ctx.out_dir)
     summary = summarize(result)
     corpus = summary["corpus"]

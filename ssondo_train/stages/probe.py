@@ -40,8 +40,20 @@ CACHE_DIR = "cache"
 HEADS_DIR = "heads"
 CACHE_FORMAT_VERSION = 1
 TEACHER_LABEL = "teacher"
-CSV_COLUMNS = ("model", "task", "metric", "mean", "ci95", "retention_pct", "n_clips", "n_skipped",
-               "embedding_dim", "seeds", "cache_hit", "error")
+CSV_COLUMNS = (
+    "model",
+    "task",
+    "metric",
+    "mean",
+    "ci95",
+    "retention_pct",
+    "n_clips",
+    "n_skipped",
+    "embedding_dim",
+    "seeds",
+    "cache_hit",
+    "error",
+)
 
 
 # --- tasks
@@ -93,8 +105,10 @@ def parse_task_spec(spec: Any) -> tuple[str, str, str | None, dict[str, Any]]:
         return "demo", head, None, {}
     key = TASK_ALIASES.get(head.strip().lower(), head.strip().lower())
     if key not in TASK_BUILDERS:
-        raise StageError(f"probe task {spec!r}: unknown task kind {head!r}; use a demo task name, manifest:<csv> "
-                         f"or one of {', '.join(k for k in TASK_BUILDERS if k != 'manifest')}:<root>")
+        raise StageError(
+            f"probe task {spec!r}: unknown task kind {head!r}; use a demo task name, manifest:<csv> "
+            f"or one of {', '.join(k for k in TASK_BUILDERS if k != 'manifest')}:<root>"
+        )
     root, *options = rest.split(";")
     for opt in options:
         k, eq, v = opt.partition("=")
@@ -102,7 +116,9 @@ def parse_task_spec(spec: Any) -> tuple[str, str, str | None, dict[str, Any]]:
             raise StageError(f"probe task {spec!r}: option {opt!r} is not key=value")
         opts[k.strip()] = _parse_value(v.strip())
     if not root.strip():
-        raise StageError(f"probe task {spec!r}: give the {'CSV file' if key == 'manifest' else 'dataset folder'}")
+        raise StageError(
+            f"probe task {spec!r}: give the {'CSV file' if key == 'manifest' else 'dataset folder'}"
+        )
     return ("manifest" if key == "manifest" else "benchmark"), key, root.strip(), opts
 
 
@@ -110,7 +126,9 @@ def task_digest(task: Any) -> str:
     """What a task's embeddings depend on: clip ids, audio paths and splits (splits drive BN calibration)."""
     from ssondo_train.probe.models import digest_of
 
-    return digest_of({"name": task.name, "clips": [[c.clip_id, str(c.path), str(c.split)] for c in task.clips]})
+    return digest_of(
+        {"name": task.name, "clips": [[c.clip_id, str(c.path), str(c.split)] for c in task.clips]}
+    )
 
 
 def resolve_task(ctx: StageContext, spec: Any) -> TaskEntry:
@@ -126,8 +144,10 @@ def resolve_task(ctx: StageContext, spec: Any) -> TaskEntry:
             path = folder / f"{name}.csv"
             if not path.is_file():
                 found = sorted(p.stem for p in folder.glob("*.csv"))
-                raise StageError(f"probe task {name!r}: no {path}; demo tasks of this run: {', '.join(found) or 'none'}"
-                                 " (use manifest:<csv> or <benchmark>:<root> for other tasks)")
+                raise StageError(
+                    f"probe task {name!r}: no {path}; demo tasks of this run: {', '.join(found) or 'none'}"
+                    " (use manifest:<csv> or <benchmark>:<root> for other tasks)"
+                )
             task = load_any_manifest(path, name)
         elif source == "manifest":
             assert root is not None
@@ -152,7 +172,7 @@ def _device(name: str) -> str:
 
 
 def run_window_seconds(ctx: StageContext, override: float | None) -> float | None:
-    """``probe.window_seconds`` if set, else the run's ``precompute.window_seconds`` (done.json), else None."""
+    """``probe.window_seconds`` if set, else the run's ``precompute.window_seconds``, else None."""
     from ssondo_train.utils.io import read_json
 
     if override:
@@ -175,7 +195,9 @@ def checkpoint_path(ctx: StageContext, which: str) -> Path:
     elif which == "best":
         best = (done.get("checkpoints") or {}).get("best")
         if not best:
-            raise StageError("probe.checkpoint=best but distill's done.json names no best checkpoint; use last")
+            raise StageError(
+                "probe.checkpoint=best but distill's done.json names no best checkpoint; use last"
+            )
         path = ctx.run_dir / best
     else:
         path = Path(which)
@@ -194,8 +216,10 @@ def build_embedders(ctx: StageContext, pcfg: Any) -> tuple[dict[str, Any], dict[
     window = run_window_seconds(ctx, pcfg.window_seconds)
     default_window = window or pm.DEFAULT_WINDOW_SECONDS
     if window is None and any(s.kind != "export" for s in specs):
-        log.info("probe: no precompute stage in this run and probe.window_seconds unset: %g s windows",
-                 default_window)
+        log.info(
+            "probe: no precompute stage in this run and probe.window_seconds unset: %g s windows",
+            default_window,
+        )
     ckpt: Path | None = None
     if any(s.kind in pm.STUDENT_KINDS for s in specs):
         ckpt = checkpoint_path(ctx, pcfg.checkpoint)
@@ -211,7 +235,13 @@ def build_embedders(ctx: StageContext, pcfg: Any) -> tuple[dict[str, Any], dict[
             embedders[s.label] = pm.logmel_embedder(default_window)
         elif s.kind == "untrained":
             scfg = to_schema("student", ctx.cfg.student, StudentConfig)
-            embedders[s.label] = pm.untrained_embedder(scfg, int(ctx.cfg.seed), default_window)
+            embedders[s.label] = pm.untrained_embedder(
+                scfg,
+                int(ctx.cfg.seed),
+                default_window,
+                int(pcfg.bn_recalibration_items),
+                int(pcfg.batch_size),
+            )
         elif s.kind in pm.STUDENT_KINDS:
             assert ckpt is not None
             output = "backbone" if s.kind == "student" else "projector"
@@ -255,20 +285,29 @@ def load_cache(path: Path, model_digest: str, tdigest: str) -> Any | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if (int(z["format_version"]) != CACHE_FORMAT_VERSION or str(z["model_digest"]) != model_digest
-                    or str(z["task_digest"]) != tdigest):
+            if (
+                int(z["format_version"]) != CACHE_FORMAT_VERSION
+                or str(z["model_digest"]) != model_digest
+                or str(z["task_digest"]) != tdigest
+            ):
                 log.info("probe: cache %s is stale (model or task changed); recomputing", path)
                 return None
-            return EmbeddedClips([str(c) for c in z["clip_ids"]], z["embeddings"].astype(np.float32),
-                                 dict(zip(map(str, z["skipped_ids"]), map(str, z["skipped_reasons"]), strict=True)),
-                                 int(z["windows"]), 0.0, int(z["calibration_windows"]))
+            return EmbeddedClips(
+                [str(c) for c in z["clip_ids"]],
+                z["embeddings"].astype(np.float32),
+                dict(zip(map(str, z["skipped_ids"]), map(str, z["skipped_reasons"]), strict=True)),
+                int(z["windows"]),
+                0.0,
+                int(z["calibration_windows"]),
+            )
     except (OSError, KeyError, ValueError) as err:
         log.warning("probe: unreadable cache %s (%s); recomputing", path, err)
         return None
 
 
-def task_embeddings(embedder: Any, entry: TaskEntry, cache_root: Path, pcfg: Any, device: str,
-                    seed: int) -> tuple[Any, bool, Path]:
+def task_embeddings(
+    embedder: Any, entry: TaskEntry, cache_root: Path, pcfg: Any, device: str, seed: int
+) -> tuple[Any, bool, Path]:
     """Embeddings of ``entry``'s clips with ``embedder``: from the cache, or computed and cached.
 
     Returns ``(EmbeddedClips, cache_hit, cache_path)``.
@@ -289,24 +328,50 @@ def task_embeddings(embedder: Any, entry: TaskEntry, cache_root: Path, pcfg: Any
     if embedder.needs_calibration:
         # fold tasks have no training split of their own: every fold is training data for the others
         train = [str(c.path) for c in task.clips if task.protocol == "folds" or c.split == "train"]
+        items = embedder.calibration_items
         n_cal = embedder.calibrate(
-            calibration_batches(train, embedder.sample_rate, embedder.window_samples, int(pcfg.batch_size),
-                                int(pcfg.bn_recalibration_items), seed, int(pcfg.num_workers)),
-            int(pcfg.bn_recalibration_items))
-        log.info("probe: %s BatchNorm statistics recalibrated on %d training windows of %s", embedder.kind,
-                 n_cal, task.name)
+            calibration_batches(
+                train,
+                embedder.sample_rate,
+                embedder.window_samples,
+                embedder.calibration_batch_size,
+                items,
+                seed,
+                int(pcfg.num_workers),
+            ),
+            items,
+        )
+        log.info(
+            "probe: %s BatchNorm statistics recalibrated on %d training windows of %s",
+            embedder.kind,
+            n_cal,
+            task.name,
+        )
     emb = embed_clips(embedder, clips, int(pcfg.batch_size), int(pcfg.num_workers), progress=True)
     emb.calibration_windows = n_cal
     _save_cache(path, emb, digest, entry.digest)
     atomic_write_json(path.parent / "model.json", embedder.describe())
-    log.info("probe: %s / %s: %d clips (%d windows, %d skipped) in %.1f s", embedder.kind, task.name,
-             len(emb.clip_ids), emb.windows, len(emb.skipped), emb.seconds)
+    log.info(
+        "probe: %s / %s: %d clips (%d windows, %d skipped) in %.1f s",
+        embedder.kind,
+        task.name,
+        len(emb.clip_ids),
+        emb.windows,
+        len(emb.skipped),
+        emb.seconds,
+    )
     return emb, False, path
 
 
 # --- probe fits
-def fit_export_probe(features_by_clip: Mapping[str, np.ndarray], task: Any, seed: int = 0, device: str = "cpu",
-                     val_fraction: float = 0.1, **fit_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+def fit_export_probe(
+    features_by_clip: Mapping[str, np.ndarray],
+    task: Any,
+    seed: int = 0,
+    device: str = "cpu",
+    val_fraction: float = 0.1,
+    **fit_kwargs: Any,
+) -> tuple[Any, dict[str, Any]]:
     """The deployment head of a task: fitted on the non-test clips with the probe protocol.
 
     ``splits`` tasks: train on ``train``, choose the weight decay on ``valid`` (carved from ``train`` with
@@ -333,25 +398,50 @@ def fit_export_probe(features_by_clip: Mapping[str, np.ndarray], task: Any, seed
 
     te = np.zeros(0, dtype=np.int64)
     if task.protocol == "splits":
-        tr, va, te = where(lambda s: s == "train"), where(lambda s: s == "valid"), where(lambda s: s == "test")
+        tr, va, te = (
+            where(lambda s: s == "train"),
+            where(lambda s: s == "valid"),
+            where(lambda s: s == "test"),
+        )
         fitted_on = "train, weight decay chosen on valid, refit on train+valid"
         if len(va) == 0:
             tr, va = carve_validation(tr, y, val_fraction, seed)
-            fitted_on = f"train ({val_fraction:g} carved out for the weight decay with seed {seed}), refit on all"
+            fitted_on = (
+                f"train ({val_fraction:g} carved out for the weight decay with seed {seed}), refit on all"
+            )
     else:
         tr, va = carve_validation(np.arange(len(keep)), y, val_fraction, seed)
-        fitted_on = f"all folds ({val_fraction:g} carved out for the weight decay with seed {seed}), refit on all"
+        fitted_on = (
+            f"all folds ({val_fraction:g} carved out for the weight decay with seed {seed}), refit on all"
+        )
     if len(tr) == 0:
         raise ValueError(f"{task.name}: no training clip with an embedding")
 
     def pick(a: np.ndarray | None, i: np.ndarray) -> np.ndarray | None:
         return None if a is None else a[i]
 
-    res = fit_linear_probe(x[tr], y[tr], x[va], y[va], task.task_type, task.n_classes, device=device, seed=seed,
-                           mask_train=pick(mask, tr), mask_val=pick(mask, va), **fit_kwargs)
-    test_score = (evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te))
-                  if len(te) else None)
-    return res, {"fitted_on": fitted_on, "n_train": int(len(tr)), "n_val": int(len(va)), "test_score": test_score}
+    res = fit_linear_probe(
+        x[tr],
+        y[tr],
+        x[va],
+        y[va],
+        task.task_type,
+        task.n_classes,
+        device=device,
+        seed=seed,
+        mask_train=pick(mask, tr),
+        mask_val=pick(mask, va),
+        **fit_kwargs,
+    )
+    test_score = (
+        evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te)) if len(te) else None
+    )
+    return res, {
+        "fitted_on": fitted_on,
+        "n_train": int(len(tr)),
+        "n_val": int(len(va)),
+        "test_score": test_score,
+    }
 
 
 def write_head(path: Path, result: Any, task: Any, extra: Mapping[str, Any]) -> Path:
@@ -417,8 +507,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     models_info: dict[str, dict[str, Any]] = {}
     for label, embedder in embedders.items():
         digest = embedder.digest()
-        models_info[label] = {"spec": spec_of[label], "digest": digest, "cache": f"{CACHE_DIR}/{digest}",
-                              **embedder.describe()}
+        models_info[label] = {
+            "spec": spec_of[label],
+            "digest": digest,
+            "cache": f"{CACHE_DIR}/{digest}",
+            **embedder.describe(),
+        }
         per_task: dict[str, dict[str, Any]] = {}
         for entry in entries:
             task = entry.task
@@ -437,13 +531,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
             features = emb.as_dict()
             t0 = time.perf_counter()
             try:
-                row.update(run_probe(features, task, seeds, device=device, val_fraction=pcfg.val_fraction,
-                                     allow_missing=True, **fit_kwargs))
+                row.update(
+                    run_probe(
+                        features,
+                        task,
+                        seeds,
+                        device=device,
+                        val_fraction=pcfg.val_fraction,
+                        allow_missing=True,
+                        **fit_kwargs,
+                    )
+                )
                 if pcfg.export_heads:
-                    res, info = fit_export_probe(features, task, seeds[0], device, pcfg.val_fraction, **fit_kwargs)
-                    head = write_head(out / HEADS_DIR / label / f"{task.name}.pth", res, task, {
-                        "model": label, "model_spec": spec_of[label], "model_digest": digest,
-                        "embedding": embedder.describe(), "metric": task.metric, **info})
+                    res, info = fit_export_probe(
+                        features, task, seeds[0], device, pcfg.val_fraction, **fit_kwargs
+                    )
+                    head = write_head(
+                        out / HEADS_DIR / label / f"{task.name}.pth",
+                        res,
+                        task,
+                        {
+                            "model": label,
+                            "model_spec": spec_of[label],
+                            "model_digest": digest,
+                            "embedding": embedder.describe(),
+                            "metric": task.metric,
+                            **info,
+                        },
+                    )
                     row["head"] = str(head.relative_to(out))
                     row["head_test_score"] = info["test_score"]
             except (ValueError, KeyError) as err:
@@ -452,7 +567,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             row["probe_seconds"] = round(time.perf_counter() - t0, 3)
             per_task[task.name] = row
             if "mean" in row:
-                log.info("probe: %s on %s: %s %.4f ± %s", label, task.name, task.metric, row["mean"], row["ci95"])
+                log.info(
+                    "probe: %s on %s: %s %.4f ± %s", label, task.name, task.metric, row["mean"], row["ci95"]
+                )
         results[label] = per_task
         models_info[label]["embedding_calls"] = embedder.calls
         embedder.unload()
@@ -469,19 +586,33 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 row["retention_pct"] = 100.0 * row["mean"] / t_row["mean"]
             if "mean" in row:
                 scores[label][name] = (row["mean"], row["ci95"])
-            csv_rows.append({"model": label, "task": name, "metric": row.get("metric"), "mean": _finite(row.get("mean")),
-                             "ci95": _finite(row.get("ci95")), "retention_pct": row.get("retention_pct"),
-                             "n_clips": row.get("n_clips"), "n_skipped": row["n_skipped"],
-                             "embedding_dim": row.get("embedding_dim"), "seeds": " ".join(map(str, seeds)),
-                             "cache_hit": row["cache_hit"], "error": row.get("error")})
+            csv_rows.append(
+                {
+                    "model": label,
+                    "task": name,
+                    "metric": row.get("metric"),
+                    "mean": _finite(row.get("mean")),
+                    "ci95": _finite(row.get("ci95")),
+                    "retention_pct": row.get("retention_pct"),
+                    "n_clips": row.get("n_clips"),
+                    "n_skipped": row["n_skipped"],
+                    "embedding_dim": row.get("embedding_dim"),
+                    "seeds": " ".join(map(str, seeds)),
+                    "cache_hit": row["cache_hit"],
+                    "error": row.get("error"),
+                }
+            )
     table = ""
     if scores:
         table = results_markdown(scores, teacher=teacher, tasks=names, groups=_table_groups(names))
     metric_note = ", ".join(f"{e.task.name}: {e.task.metric}" for e in entries)
-    notes = [f"Scores x100 ({metric_note}), mean ± 95 % CI over seeds {seeds}; linear probe on frozen embeddings, "
-             "weight decay chosen on the validation split only."]
-    notes.append(f"Retention = model Avg. / {teacher} Avg." if teacher else
-                 "No teacher in probe.models: no retention.")
+    notes = [
+        f"Scores x100 ({metric_note}), mean ± 95 % CI over seeds {seeds}; linear probe on frozen embeddings, "
+        "weight decay chosen on the validation split only."
+    ]
+    notes.append(
+        f"Retention = model Avg. / {teacher} Avg." if teacher else "No teacher in probe.models: no retention."
+    )
     for label, per_task in results.items():
         for name, row in per_task.items():
             if row["n_skipped"]:
@@ -490,35 +621,79 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 notes.append(f"{label} / {name}: failed: {row['error']}")
     for label, reason in skipped_models.items():
         notes.append(f"{label}: {reason}")
-    markdown = (f"# Linear probe: run {ctx.run_dir.name}\n\n{table}\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    markdown = (
+        f"# Linear probe: run {ctx.run_dir.name}\n\n{table}\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    )
 
-    tasks_info = {e.task.name: {"spec": e.spec, "source": e.source, "digest": e.digest, **e.task.summary()}
-                  for e in entries}
-    write_results({"format_version": 1, "run_name": ctx.run_dir.name, "teacher": teacher, "seeds": seeds,
-                   "tasks": tasks_info, "models": models_info, "skipped_models": skipped_models,
-                   "results": results, "table_markdown": table}, out / RESULTS_JSON)
+    tasks_info = {
+        e.task.name: {"spec": e.spec, "source": e.source, "digest": e.digest, **e.task.summary()}
+        for e in entries
+    }
+    write_results(
+        {
+            "format_version": 1,
+            "run_name": ctx.run_dir.name,
+            "teacher": teacher,
+            "seeds": seeds,
+            "tasks": tasks_info,
+            "models": models_info,
+            "skipped_models": skipped_models,
+            "results": results,
+            "table_markdown": table,
+        },
+        out / RESULTS_JSON,
+    )
     atomic_write_text(out / RESULTS_CSV, _csv_text(csv_rows))
     atomic_write_text(out / RESULTS_MD, markdown)
     chart = None
     if scores:
-        chart = plot_results(scores, out / RESULTS_PNG, tasks=names, title=f"linear probe, run {ctx.run_dir.name}")
+        chart = plot_results(
+            scores, out / RESULTS_PNG, tasks=names, title=f"linear probe, run {ctx.run_dir.name}"
+        )
 
-    compact = {label: {name: {k: _finite(row.get(k)) if k in ("mean", "ci95", "retention_pct") else row.get(k)
-                              for k in ("metric", "mean", "ci95", "retention_pct", "n_clips", "n_skipped",
-                                        "cache_hit", "error") if k in row}
-                       for name, row in per_task.items()}
-               for label, per_task in results.items()}
-    summary = (f"probe: {len(results)} models x {len(entries)} tasks -> {out / RESULTS_MD}\n\n{table}"
-               if table else f"probe: no result ({'; '.join(notes[2:]) or 'nothing to probe'})")
+    compact = {
+        label: {
+            name: {
+                k: _finite(row.get(k)) if k in ("mean", "ci95", "retention_pct") else row.get(k)
+                for k in (
+                    "metric",
+                    "mean",
+                    "ci95",
+                    "retention_pct",
+                    "n_clips",
+                    "n_skipped",
+                    "cache_hit",
+                    "error",
+                )
+                if k in row
+            }
+            for name, row in per_task.items()
+        }
+        for label, per_task in results.items()
+    }
+    summary = (
+        f"probe: {len(results)} models x {len(entries)} tasks -> {out / RESULTS_MD}\n\n{table}"
+        if table
+        else f"probe: no result ({'; '.join(notes[2:]) or 'nothing to probe'})"
+    )
     return {
         "summary": summary,
         "results": compact,
-        "models": {label: {"spec": info["spec"], "digest": info["digest"]} for label, info in models_info.items()},
-        "tasks": {name: {"spec": info["spec"], "n_clips": info["n_clips"], "metric": info["metric"]}
-                  for name, info in tasks_info.items()},
+        "models": {
+            label: {"spec": info["spec"], "digest": info["digest"]} for label, info in models_info.items()
+        },
+        "tasks": {
+            name: {"spec": info["spec"], "n_clips": info["n_clips"], "metric": info["metric"]}
+            for name, info in tasks_info.items()
+        },
         "skipped_models": skipped_models,
-        "outputs": {"json": RESULTS_JSON, "csv": RESULTS_CSV, "markdown": RESULTS_MD,
-                    "chart": RESULTS_PNG if chart else None, "heads": HEADS_DIR if pcfg.export_heads else None},
+        "outputs": {
+            "json": RESULTS_JSON,
+            "csv": RESULTS_CSV,
+            "markdown": RESULTS_MD,
+            "chart": RESULTS_PNG if chart else None,
+            "heads": HEADS_DIR if pcfg.export_heads else None,
+        },
     }
 
 

@@ -162,11 +162,10 @@ class DistillModule(L.LightningModule):
         self._tick = now
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        # Dropout draws from torch's global RNG, which checkpoints do not carry: reseeding per (epoch, rank)
-        # makes a resumed run draw the same masks as an uninterrupted one.
-        seed = (self.seed * 1_000_003 + self.current_epoch * 7_919 + self.global_rank) % (2**63 - 1)
-        torch.manual_seed(seed)
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout draws from torch's global RNG, which checkpoints do not carry and Lightning's loops also
+        # consume: reseeding per (step, rank) gives a resumed run the same masks as an uninterrupted one.
+        torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2**63 - 1))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = [p.grad.detach().norm(2) for p in self.student.parameters() if p.grad is not None]

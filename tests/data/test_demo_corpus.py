@@ -37,19 +37,22 @@ def _assets_available() -> bool:
     return True
 
 
-needs_assets = pytest.mark.skipif(not _assets_available(), reason="Debian packages of the demo corpus missing")
+needs_assets = pytest.mark.skipif(not _assets_available(),
+                                  reason="Debian packages of the demo corpus are missing")
 
 
 # ------------------------------------------------------------------------------------- no packages needed
 
 
 def test_midi_writer_layout() -> None:
-    data = dc.midi_bytes([(0.5, bytes([0x90, 60, 100])), (0.0, bytes([0xC0, 5])), (1.2, bytes([0x80, 60, 0]))])
-    assert data[:4] == b"MThd" and data[8:14] == bytes([0, 0, 0, 1, 0x03, 0xE8])  # format 0, 1 track, 1000 tpq
+    events = [(0.5, bytes([0x90, 60, 100])), (0.0, bytes([0xC0, 5])), (1.2, bytes([0x80, 60, 0]))]
+    data = dc.midi_bytes(events)
+    # format 0, 1 track, 1000 ticks per quarter
+    assert data[:4] == b"MThd" and data[8:14] == bytes([0, 0, 0, 1, 0x03, 0xE8])
     assert data[14:18] == b"MTrk"
     track = data[22:]
     assert int.from_bytes(data[18:22], "big") == len(track)
-    # tempo, program change at 0, note-on after 500 ticks (VLQ 0x83 0x74), note-off after 700 more, end of track
+    # tempo, program change at 0, note-on after 500 ticks (VLQ 0x83 0x74), note-off 700 later, end of track
     assert track == (b"\x00\xff\x51\x03\x0f\x42\x40" + b"\x00\xc0\x05" + b"\x83\x74\x90\x3c\x64"
                      + b"\x85\x3c\x80\x3c\x00" + b"\x00\xff\x2f\x00")
 
@@ -167,7 +170,8 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def small_builds(tmp_path_factory: pytest.TempPathFactory, inventory: dc.DemoInventory) -> tuple[Path, Path, dict]:
+def small_builds(tmp_path_factory: pytest.TempPathFactory,
+                 inventory: dc.DemoInventory) -> tuple[Path, Path, dict]:
     """The small demo built twice: in-process through the stage runner, and with a pool of 2 workers."""
     from ssondo_train.stages.base import run_stage
     from ssondo_train.stages.prepare import STAGE

@@ -10,6 +10,7 @@ import pytest
 from ssondo_train.data.importers import (
     folder_clip_id,
     import_audioset,
+    import_corpus,
     import_folder,
     read_audioset_segments,
 )
@@ -117,7 +118,8 @@ def test_audioset_import_matches_local_files(tmp_path: Path, write_audio: Callab
     assert result.duplicate_rows == 1
     assert result.unknown_labels == ["/m/unknown"]
     assert [f.reason for f in result.failures] == ["bad_row"]
-    assert m.class_counts() == {"/m/unknown": 1, "Keys jangling": 1, "Male speech, man speaking": 1, "Speech": 2}
+    assert m.class_counts() == {
+        "/m/unknown": 1, "Keys jangling": 1, "Male speech, man speaking": 1, "Speech": 2}
 
     raw = import_audioset(csv_path, tmp_path / "AudioSet", split="balanced_train")
     assert raw.manifest.clips[0].labels == ("/m/09x0r", "/t/dd00088")
@@ -132,3 +134,44 @@ def test_audioset_import_records_a_corrupt_matched_file(tmp_path: Path) -> None:
     result = import_audioset(csv_path, tmp_path / "audio")
     assert len(result.manifest) == 0
     assert [(f.path, f.reason) for f in result.failures] == [("abc_0.000_10.000.wav", "decode_error")]
+
+
+def test_prepare_stage_imports_a_folder_corpus(tmp_path: Path, write_audio: Callable) -> None:
+    from omegaconf import OmegaConf
+
+    from ssondo_train.stages.base import run_stage
+    from ssondo_train.stages.prepare import STAGE
+
+    write_audio("mine/a.wav", seconds=1.0)
+    write_audio("mine/sub/b.flac", seconds=2.0)
+    (tmp_path / "mine" / "bad.wav").write_bytes(b"nope")
+    cfg = OmegaConf.create({"data": {"kind": "folder", "root": str(tmp_path / "mine"), "license": "CC0-1.0"},
+                            "seed": 0})
+    done = run_stage(STAGE, cfg, tmp_path / "runs" / "r")
+    assert done["corpus"]["clips"] == 2 and done["corpus"]["failures"] == 1
+    assert done["corpus"]["sources"] == {"mine": 2} and done["corpus"]["licences"] == {"CC0-1.0": 2}
+    assert done["corpus"]["hours"] == pytest.approx(3.0 / 3600, abs=1e-4)
+    assert done["tasks"] == {}
+    out = tmp_path / "runs" / "r" / "prepare"
+    manifest = read_manifest(out / "corpus.csv")
+    assert (out / "corpus.csv").read_text().splitlines()[0] == "# ssondo-manifest v1 root=../../../mine"
+    assert [c.clip_id for c in manifest] == ["a", "sub__b"]
+    assert manifest.abs_path(manifest.clips[1]) == (tmp_path / "mine" / "sub" / "b.flac").resolve()
+
+    with pytest.raises(ValueError, match="data.rooot"):
+        import_corpus({"kind": "folder", "rooot": "x"}, tmp_path)
+
+
+def test_import_corpus_audioset_several_csvs(tmp_path: Path, write_audio: Callable) -> None:
+    (tmp_path / "eval_segments.csv").write_text('# YTID, start_seconds, end_seconds, positive_labels\n'
+                                                'e1, 0.000, 10.000, "/m/a"\nmissing, 0.000, 10.000, "/m/a"\n')
+    (tmp_path / "balanced_train_segments.csv").write_text('b1, 5.000, 15.000, "/m/b,/m/a"\n')
+    write_audio("as/eval/e/e1_0.000_10.000.wav")
+    write_audio("as/bal/b/b1_5.000_15.000.wav")
+    data = {"kind": "audioset", "audio_dir": str(tmp_path / "as"),
+            "segments_csv": [str(tmp_path / n) for n in ("eval_segments.csv", "balanced_train_segments.csv")]}
+    figures = import_corpus(data, tmp_path / "out")
+    assert figures["corpus"]["clips"] == 2 and figures["corpus"]["missing"] == 1
+    manifest = read_manifest(tmp_path / "out" / "corpus.csv")
+    assert manifest.splits() == {"balanced_train": 1, "eval": 1}
+    assert manifest.clips[1].labels == ("/m/b", "/m/a")

@@ -58,8 +58,8 @@ def test_multilabel_class_names_counts_and_filters(tmp_path: Path) -> None:
     assert m.total_seconds == pytest.approx(7.25)
 
 
-@pytest.mark.parametrize("bad", ["/abs/a.wav", "C:/x/a.wav", "\\\\server\\a.wav", "../a.wav", "x/../../a.wav", "",
-                                 "./"])
+@pytest.mark.parametrize("bad", ["/abs/a.wav", "C:/x/a.wav", "\\\\server\\a.wav", "../a.wav",
+                                 "x/../../a.wav", "", "./"])
 def test_absolute_and_escaping_paths_are_rejected(bad: str) -> None:
     with pytest.raises(ManifestError):
         ClipEntry("a", bad, 1.0, 16000)
@@ -90,7 +90,8 @@ def test_duplicate_clip_ids_are_rejected(tmp_path: Path) -> None:
         read_manifest(path)
 
 
-@pytest.mark.parametrize("first", ["clip_id,path\n", "# ssondo-manifest v2 root=.\n", "# ssondo-manifest v1 root=/x\n"])
+@pytest.mark.parametrize("first", ["clip_id,path\n", "# ssondo-manifest v2 root=.\n",
+                                   "# ssondo-manifest v1 root=/x\n"])
 def test_bad_header_is_rejected(tmp_path: Path, first: str) -> None:
     path = tmp_path / "m.csv"
     path.write_text(first + ",".join(COLUMNS) + "\n")

@@ -1,8 +1,9 @@
-"""stage=probe end to end on a small labelled set made here: embeddings, cache, results, heads, checkpoints."""
+"""stage=probe end to end on a small labelled set made here: embeddings, cache, results, heads, ckpts."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,12 @@ def write_task(folder: Path, per_class: int = 10, bad: bool = True) -> Path:
 def test_task_specs_and_manifest_formats(tmp_path):
     assert parse_task_spec("spoken_digits") == ("demo", "spoken_digits", None, {})
     assert parse_task_spec("manifest:/x/y.csv") == ("manifest", "manifest", "/x/y.csv", {})
-    assert parse_task_spec("gtzan:/d/gtzan;split_dir=/d/s") == ("benchmark", "gtzan", "/d/gtzan", {"split_dir": "/d/s"})
+    assert parse_task_spec("gtzan:/d/gtzan;split_dir=/d/s") == (
+        "benchmark",
+        "gtzan",
+        "/d/gtzan",
+        {"split_dir": "/d/s"},
+    )
     assert parse_task_spec("ESC-50:/d/esc") == ("benchmark", "esc50", "/d/esc", {})
     assert parse_task_spec({"task": "openmic", "root": "/o", "threshold": 0.4})[3] == {"threshold": 0.4}
     with pytest.raises(StageError, match="unknown task kind"):
@@ -74,12 +80,19 @@ def test_task_specs_and_manifest_formats(tmp_path):
         pm.parse_model_spec("bert")
 
     task = load_any_manifest(write_task(tmp_path, per_class=5, bad=False))
-    assert (task.name, task.task_type, task.protocol, task.class_names) == ("shapes", "multiclass", "splits",
-                                                                              list(CLASSES))
+    assert (task.name, task.task_type, task.protocol, task.class_names) == (
+        "shapes",
+        "multiclass",
+        "splits",
+        list(CLASSES),
+    )
     assert [len(task.indices(s)) for s in ("train", "valid", "test")] == [3, 6, 6]  # per class 1/2/2
     plain = tmp_path / "plain.csv"
-    plain.write_text("clip_id,path,labels,fold\n" + "\n".join(
-        f"c{i},audio/{CLASSES[i % 3]}0.wav,{CLASSES[i % 3]},{i % 2 + 1}" for i in range(6)) + "\n")
+    plain.write_text(
+        "clip_id,path,labels,fold\n"
+        + "\n".join(f"c{i},audio/{CLASSES[i % 3]}0.wav,{CLASSES[i % 3]},{i % 2 + 1}" for i in range(6))
+        + "\n"
+    )
     folds = load_any_manifest(plain)
     assert folds.protocol == "folds" and folds.folds == [1, 2] and folds.n_classes == 3
 
@@ -88,42 +101,66 @@ def test_task_specs_and_manifest_formats(tmp_path):
 def test_probe_stage_end_to_end_with_cache_reuse(tmp_path, compose):
     manifest = write_task(tmp_path / "data")
     out_root = tmp_path / "outputs"
-    overrides = ["stage=probe", "run_name=t", f"paths.output_root={out_root}", f"probe.tasks=[manifest:{manifest}]",
-                 "probe.models=[logmel,untrained]", "probe.window_seconds=1.0", "probe.seeds=[0,1]",
-                 "probe.batch_size=16", "probe.num_workers=0", "probe.device=cpu", "probe.bn_recalibration_items=64",
-                 "probe.fit.weight_decays=[1.0,0.1,0.01,0.001]", "student.kwargs.width_mult=0.4"]
+    overrides = [
+        "stage=probe",
+        "run_name=t",
+        f"paths.output_root={out_root}",
+        f"probe.tasks=[manifest:{manifest}]",
+        "probe.models=[teacher,logmel,untrained]",
+        "probe.window_seconds=1.0",
+        "probe.seeds=[0,1]",
+        "probe.batch_size=16",
+        "probe.num_workers=0",
+        "probe.device=cpu",
+        "probe.bn_recalibration_items=64",
+        "+probe.fit.weight_decays=[1.0,0.1,0.01,0.001]",
+        "student.kwargs.width_mult=0.4",
+    ]
     cfg = compose(overrides)
     run_dir = out_root / "t"
     done = run_stage(get_stage("probe"), cfg, run_dir)
     out = run_dir / "probe"
 
     res = json.loads((out / "results.json").read_text())
-    logmel, untrained = res["results"]["logmel"]["shapes"], res["results"]["untrained"]["shapes"]
+    teacher, logmel, untrained = (res["results"][m]["shapes"] for m in ("teacher", "logmel", "untrained"))
     # 3 separable classes, 6 test clips: chance is 1/3; the log-mel statistics separate them
     assert logmel["metric"] == "accuracy" and logmel["mean"] >= 0.8, logmel
     assert untrained["mean"] > 0.5, untrained
+    assert teacher["mean"] >= 0.8 and teacher["embedding_dim"] == 768, (
+        teacher
+    )  # whisper tiny, meanstd pooling
+    assert res["teacher"] == "teacher" and teacher["retention_pct"] == pytest.approx(100.0)
+    assert untrained["retention_pct"] == pytest.approx(100 * untrained["mean"] / teacher["mean"])
     from ssondo_train.students import build_student
 
     assert logmel["embedding_dim"] == 256
     assert untrained["embedding_dim"] == build_student("mobilenetv3", width_mult=0.4).emb_size
-    for row in (logmel, untrained):
-        assert row["n_clips"] == 30 and row["n_skipped"] == 1 and list(row["skipped_clips"]) == ["decode_error"]
+    for row in (teacher, logmel, untrained):
+        assert (
+            row["n_clips"] == 30 and row["n_skipped"] == 1 and list(row["skipped_clips"]) == ["decode_error"]
+        )
         assert row["seed_independent"] and row["ci95"] == 0.0 and row["cache_hit"] is False
         assert row["head_test_score"] == pytest.approx(row["mean"])  # same fit as the protocol's
     train = [c for c in load_any_manifest(manifest).clips if c.split == "train" and c.clip_id != "broken"]
-    n_train_windows = sum(int(np.ceil(sf.info(str(c.path)).frames / SR)) for c in train)  # 1 s windows, tail padded
+    n_train_windows = sum(
+        int(np.ceil(sf.info(str(c.path)).frames / SR)) for c in train
+    )  # 1 s windows, tail padded
     assert untrained["bn_calibration_windows"] == n_train_windows and 18 < n_train_windows < 36
     assert logmel["windows"] == untrained["windows"] > n_train_windows
-    assert res["teacher"] is None
 
     md = (out / "results.md").read_text()
-    assert "| Model | shapes | Avg. | Retention |" in md and f"| logmel | {100 * logmel['mean']:.1f}±0.0 |" in md
+    assert (
+        "| Model | shapes | Avg. | Retention |" in md and f"| logmel | {100 * logmel['mean']:.1f}±0.0 |" in md
+    )
+    avg = 100 * untrained["mean"]
+    assert f"| untrained | {avg:.1f}±0.0 | {avg:.1f} | {untrained['retention_pct']:.1f}% |" in md
+    assert "| teacher |" in md and "100.0% |" in md
     assert done["summary"].count("| logmel |") == 1 and "| untrained |" in done["summary"]
     assert done["results"]["logmel"]["shapes"]["mean"] == pytest.approx(logmel["mean"])
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("model,task,metric,mean") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("model,task,metric,mean") and len(csv_lines) == 4
 
     # heads: ssondo format, weights-only, normalisation folded -> same logits as the fitted probe on raw input
     cache = np.load(out / logmel["cache"], allow_pickle=False)
@@ -136,31 +173,39 @@ def test_probe_stage_end_to_end_with_cache_reuse(tmp_path, compose):
     assert meta["class_names"] == list(CLASSES) and meta["normalisation_folded"] and meta["model"] == "logmel"
     assert len(meta["normalisation"]["mean"]) == 256
     task = load_any_manifest(manifest)
-    fitted, info = fit_export_probe(dict(zip(ids, x, strict=True)), task, 0, "cpu", 0.1,
-                                    weight_decays=[1.0, 0.1, 0.01, 0.001])
+    fitted, info = fit_export_probe(
+        dict(zip(ids, x, strict=True)), task, 0, "cpu", 0.1, weight_decays=[1.0, 0.1, 0.01, 0.001]
+    )
     logits = x @ state["probe.linear_probe.weight"].numpy().T + state["probe.linear_probe.bias"].numpy()
     np.testing.assert_allclose(logits, fitted.predict(x), rtol=1e-4, atol=1e-3)
     assert info["test_score"] == pytest.approx(logmel["mean"])
 
     # rerun with force=true: every embedding comes from the cache (files untouched, no model call)
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
-    assert len(mtimes) == 2
+    assert len(mtimes) == 3
     run_stage(get_stage("probe"), cfg, run_dir, force=True)
     res2 = json.loads((out / "results.json").read_text())
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    for label in ("logmel", "untrained"):
+    for label in ("teacher", "logmel", "untrained"):
         assert res2["results"][label]["shapes"]["cache_hit"] is True
         assert res2["models"][label]["embedding_calls"] == 0
-        assert res2["results"][label]["shapes"]["mean"] == pytest.approx(res["results"][label]["shapes"]["mean"])
+        assert res2["results"][label]["shapes"]["mean"] == pytest.approx(
+            res["results"][label]["shapes"]["mean"]
+        )
 
 
 def _fake_distill_checkpoint(path: Path, teacher_dim: int = 12, extra_key: str | None = None) -> dict:
-    """A distill-like Lightning checkpoint: LightningModule state dict + the run config as plain containers."""
+    """A distill-like Lightning checkpoint: LightningModule state dict + run config as plain containers."""
     from ssondo_train.config.groups import StudentConfig
     from ssondo_train.stages.distill import build_student_model
 
-    student_cfg = {"name": "mobilenetv3", "pretrained": None, "projector_hidden": 32, "projector_dropout": 0.2,
-                   "kwargs": {"width_mult": 0.4, "bn_momentum": 0.01}}
+    student_cfg = {
+        "name": "mobilenetv3",
+        "pretrained": None,
+        "projector_hidden": 32,
+        "projector_dropout": 0.2,
+        "kwargs": {"width_mult": 0.4, "bn_momentum": 0.01},
+    }
     torch.manual_seed(3)
     student = build_student_model(StudentConfig(**student_cfg), teacher_dim)
     state = {f"student.{k}": v.clone() for k, v in student.state_dict().items()}
@@ -168,9 +213,15 @@ def _fake_distill_checkpoint(path: Path, teacher_dim: int = 12, extra_key: str |
     state["target_norm.std"] = torch.linspace(0.5, 2, teacher_dim)
     if extra_key:
         state[extra_key] = torch.zeros(3)
-    ckpt = {"epoch": 1, "global_step": 4, "pytorch-lightning_version": "2.6.0", "state_dict": state,
-            "loops": {"fit_loop": {"state_dict": {}}}, "callbacks": {"ModelCheckpoint": {"best_model_path": "x"}},
-            "ssondo_train_config": {"student": student_cfg, "seed": 42, "distill": {"target_norm": "zscore"}}}
+    ckpt = {
+        "epoch": 1,
+        "global_step": 4,
+        "pytorch-lightning_version": "2.6.0",
+        "state_dict": state,
+        "loops": {"fit_loop": {"state_dict": {}}},
+        "callbacks": {"ModelCheckpoint": {"best_model_path": "x"}},
+        "ssondo_train_config": {"student": student_cfg, "seed": 42, "distill": {"target_norm": "zscore"}},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return {"student": student, "state": state}
@@ -184,7 +235,9 @@ def test_distill_checkpoint_loads_strictly_and_maps_projector_to_teacher_space(t
         assert torch.equal(got[k], v), k
     assert torch.equal(ck.target_std, ref["state"]["target_norm.std"]) and len(ck.sha256) == 64
 
-    wav = torch.from_numpy(np.stack([_signal(k, 1.0, np.random.default_rng(i)) for i, k in enumerate(CLASSES)]))
+    wav = torch.from_numpy(
+        np.stack([_signal(k, 1.0, np.random.default_rng(i)) for i, k in enumerate(CLASSES)])
+    )
     wav = torch.nn.functional.interpolate(wav[:, None], scale_factor=2, mode="linear")[:, 0]  # 32 kHz, 1 s
     proj = pm.checkpoint_embedder(tmp_path / "last.ckpt", "projector", 1.0).load("cpu")
     back = pm.checkpoint_embedder(tmp_path / "last.ckpt", "backbone", 1.0).load("cpu")
@@ -193,7 +246,10 @@ def test_distill_checkpoint_loads_strictly_and_maps_projector_to_teacher_space(t
     with torch.no_grad():
         model = ref["student"].eval()
         emb = model.model(proj.logmel(wav))
-        expected = model.classification_head(emb) * ref["state"]["target_norm.std"] + ref["state"]["target_norm.mean"]
+        expected = (
+            model.classification_head(emb) * ref["state"]["target_norm.std"]
+            + ref["state"]["target_norm.mean"]
+        )
     torch.testing.assert_close(e_back, emb[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(e_proj, expected, rtol=1e-5, atol=1e-5)
     assert proj.digest() != back.digest()
@@ -208,17 +264,29 @@ def test_distill_checkpoint_loads_strictly_and_maps_projector_to_teacher_space(t
 def test_student_models_need_distill_and_run_from_the_checkpoint(tmp_path, compose):
     manifest = write_task(tmp_path / "data", per_class=6, bad=False)
     out_root = tmp_path / "outputs"
-    cfg = compose(["stage=probe", "run_name=s", f"paths.output_root={out_root}",
-                   f"probe.tasks=[manifest:{manifest}]", "probe.models=[student,student_proj]", "probe.seeds=[0]",
-                   "probe.num_workers=0", "probe.device=cpu", "probe.fit.weight_decays=[0.1,0.01]",
-                   "probe.export_heads=false"])
+    cfg = compose(
+        [
+            "stage=probe",
+            "run_name=s",
+            f"paths.output_root={out_root}",
+            f"probe.tasks=[manifest:{manifest}]",
+            "probe.models=[student,student_proj]",
+            "probe.seeds=[0]",
+            "probe.num_workers=0",
+            "probe.device=cpu",
+            "+probe.fit.weight_decays=[0.1,0.01]",
+            "probe.export_heads=false",
+        ]
+    )
     run_dir = out_root / "s"
     with pytest.raises(StageError, match="stage=distill"):
         run_stage(get_stage("probe"), cfg, run_dir)
     _fake_distill_checkpoint(run_dir / "distill" / "checkpoints" / "last.ckpt")
     (run_dir / "distill" / "done.json").write_text(json.dumps({"checkpoints": {"last": "x", "best": None}}))
     (run_dir / "precompute").mkdir()
-    (run_dir / "precompute" / "done.json").write_text(json.dumps({"config": {"precompute": {"window_seconds": 0.5}}}))
+    (run_dir / "precompute" / "done.json").write_text(
+        json.dumps({"config": {"precompute": {"window_seconds": 0.5}}})
+    )
     run_stage(get_stage("probe"), cfg, run_dir)
     res = json.loads((run_dir / "probe" / "results.json").read_text())
     assert res["models"]["student"]["window_seconds"] == 0.5  # the run's distillation window
@@ -227,3 +295,113 @@ def test_student_models_need_distill_and_run_from_the_checkpoint(tmp_path, compo
     # 2 windows per clip of 0.6-1.4 s at 0.5 s, at most 3
     assert 2 * 18 <= res["results"]["student"]["shapes"]["windows"] <= 3 * 18
     assert not (run_dir / "probe" / "heads").exists()
+
+
+@pytest.mark.slow
+def test_demo_task_needs_prepare_and_a_missing_export_module_is_skipped(tmp_path, compose, monkeypatch):
+    out_root = tmp_path / "outputs"
+    run_dir = out_root / "d"
+    cfg = compose(
+        [
+            "stage=probe",
+            "run_name=d",
+            f"paths.output_root={out_root}",
+            "probe.tasks=[shapes]",
+            f"probe.models=[logmel,'export:{tmp_path / 'nowhere'}']",
+            "probe.seeds=[0]",
+            "probe.num_workers=0",
+            "probe.window_seconds=1.0",
+            "probe.device=cpu",
+            "+probe.fit.weight_decays=[0.1,0.01]",
+        ]
+    )
+    with pytest.raises(StageError, match="stage=prepare"):
+        run_stage(get_stage("probe"), cfg, run_dir)
+    write_task(run_dir / "prepare" / "tasks", per_class=5, bad=False)  # -> prepare/tasks/shapes.csv
+    (run_dir / "prepare" / "done.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "ssondo_train.export", None)  # the export package "not ready yet"
+    done = run_stage(get_stage("probe"), cfg, run_dir)
+    label = "export-nowhere"
+    assert label in done["skipped_models"] and "ssondo_train.export" in done["skipped_models"][label]
+    assert done["results"]["logmel"]["shapes"]["n_clips"] == 15 and list(done["results"]) == ["logmel"]
+    assert done["tasks"]["shapes"]["spec"] == "shapes"
+    assert (
+        f"- {label}: ssondo_train.export is not available" in (run_dir / "probe" / "results.md").read_text()
+    )
+
+
+def test_export_folder_embeds_like_its_backbone(tmp_path):
+    from ssondo_train.export import save_safetensors
+    from ssondo_train.students import build_student_with_projector
+
+    torch.manual_seed(0)
+    student = build_student_with_projector("mobilenetv3", teacher_dim=6, hidden_dim=16, width_mult=0.4).eval()
+    save_safetensors(
+        tmp_path / "exp",
+        student,
+        {
+            "backbone": {"name": "mobilenetv3", "kwargs": {"width_mult": 0.4}},
+            "preprocess": {"window_s": 0.5, "hop_s": 0.5, "norm_mean": -4.0, "norm_std": 4.0},
+        },
+    )
+    emb = pm.export_embedder(tmp_path / "exp", None)
+    assert emb.window_seconds == 0.5 and emb.window_samples == 16000
+    wav = torch.randn(2, 16000) * 0.1
+    got = emb.load("cpu").embed(wav)
+    mel = (emb.frontend(wav).unsqueeze(1) + 4.0) / 4.0
+    with torch.no_grad():
+        torch.testing.assert_close(got, student.model(mel)[:, 0], rtol=1e-5, atol=1e-5)
+    assert pm.export_embedder(tmp_path / "exp", 1.0).digest() != emb.digest()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        pm.export_embedder(tmp_path / "missing", None)
+
+
+@pytest.mark.slow
+def test_a_real_lightning_distill_checkpoint_loads_weights_only(tmp_path, compose):
+    """The checkpoint Lightning writes for DistillModule (loops, callbacks, optimiser and scheduler states,
+    the run config) goes through the weights-only loader, and the student comes back exactly."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from omegaconf import OmegaConf
+
+    from ssondo_train.config.groups import StudentConfig
+    from ssondo_train.config.schema import to_schema
+    from ssondo_train.losses import build_loss
+    from ssondo_train.stages.distill import build_student_model
+    from ssondo_train.students.frontend import StudentFrontEnd
+    from ssondo_train.training.module import DistillModule, OptimConfig, TargetNorm
+    from ssondo_train.training.schedule import WarmupRampdown
+
+    cfg = compose(["stage=distill", "student.kwargs.width_mult=0.4", "student.projector_hidden=32"])
+    dim = 8
+    torch.manual_seed(0)
+    student = build_student_model(to_schema("student", cfg.student, StudentConfig), dim)
+    norm = TargetNorm("zscore", torch.randn(dim), torch.rand(dim) + 0.5)
+    module = DistillModule(
+        student,
+        StudentFrontEnd(),
+        build_loss("cosine"),
+        norm,
+        OptimConfig(updates_per_epoch=2, schedule=WarmupRampdown(1, 1, 2, 0.1)),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    batches = [
+        {"audio": torch.randn(4, 16000), "target": torch.randn(4, dim), "cluster": torch.zeros(4).long()}
+        for _ in range(2)
+    ]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=str(tmp_path), monitor="val/kd_loss", save_last=True)],
+    )
+    trainer.fit(module, loader, loader)
+    ck = pm.load_distill_checkpoint(tmp_path / "last.ckpt")
+    trained = module.student.state_dict()
+    assert all(torch.equal(v, trained[k].cpu()) for k, v in ck.student.state_dict().items())
+    torch.testing.assert_close(ck.target_std, norm.std)
+    assert ck.config["student"]["kwargs"]["width_mult"] == 0.4 and ck.ignored_keys == []
