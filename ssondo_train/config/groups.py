@@ -306,3 +306,14 @@ class ProbeConfig:
         unknown = sorted(set(self.fit) - set(PROBE_FIT_KEYS))
         if unknown:
             raise ValueError(f"probe.fit has unknown keys {unknown}; allowed: {', '.join(PROBE_FIT_KEYS)}")
+
+
+@register_schema("export")
+@dataclasses.dataclass
+class ExportConfig:
+    """``export:`` section (``configs/stage/export.yaml``)."""
+
+    checkpoint: str = "last"
+    segment_seconds: float | None = None
+    onnx: bool = True
+    heads_from: str = "student"

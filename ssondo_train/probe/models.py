@@ -346,6 +346,7 @@ class TeacherEmbedder(ClipEmbedder):
         super().__init__(window_seconds)
         self.teacher_cfg = teacher_cfg
         self.teacher: nn.Module | None = None
+        self._files: dict[str, str] | None = None  # weight digests, hashed once (files can be large)
 
     @property
     def sample_rate(self) -> int:
@@ -357,16 +358,23 @@ class TeacherEmbedder(ClipEmbedder):
         import dataclasses
 
         cfg = dataclasses.asdict(self.teacher_cfg)
-        files: dict[str, str] = {}
-        for key in ("checkpoint_path", "model_path"):
-            if cfg.get(key):
-                files[key] = path_digest(cfg[key])
-        if cfg.get("name") == "whisper_tiny" and not cfg.get("model_path"):
-            with contextlib.suppress(ImportError, FileNotFoundError):
-                from ssondo_train.teachers.whisper import default_whisper_model_path
+        if self._files is None:
+            files: dict[str, str] = {}
+            for key in ("checkpoint_path", "model_path"):
+                if cfg.get(key):
+                    files[key] = path_digest(cfg[key])
+            if cfg.get("name") == "whisper_tiny" and not cfg.get("model_path"):
+                with contextlib.suppress(ImportError, FileNotFoundError):
+                    from ssondo_train.teachers.whisper import default_whisper_model_path
 
-                files["model_path"] = path_digest(default_whisper_model_path())
-        return {"kind": self.kind, "teacher": cfg, "files": files, "window_seconds": self.window_seconds}
+                    files["model_path"] = path_digest(default_whisper_model_path())
+            self._files = files
+        return {
+            "kind": self.kind,
+            "teacher": cfg,
+            "files": self._files,
+            "window_seconds": self.window_seconds,
+        }
 
     def _build(self, device: torch.device) -> None:
         from ssondo_train.teachers import build_teacher
@@ -493,7 +501,7 @@ def untrained_embedder(
         "untrained",
         loader,
         window_seconds,
-        {"student": cfg, "seed": int(seed)},
+        {"student": cfg, "seed": int(seed), "torch": torch.__version__},
         output="backbone",
         calibrate_bn=True,
         calibration_items=calibration_items,

@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "cluster": "ssondo_train.stages.cluster",
     "distill": "ssondo_train.stages.distill",
     "probe": "ssondo_train.stages.probe",
+    "export": "ssondo_train.stages.export",
 }
 
 

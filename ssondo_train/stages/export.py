@@ -1,0 +1,96 @@
+"""stage=export: turn a distill run into files people load in one line.
+
+Writes into ``<run>/export/``: ``ssondo.ckpt`` (the published ``ssondo`` package's checkpoint contract, loads
+with ``ssondo.get_ssondo``), ``model.safetensors`` + ``config.json`` (our pickle-free format), ``model.onnx``
+(32-kHz waveform in, embeddings out) and the run's probe heads as ``heads/<task>.pth``. The target
+normalisation used in training is folded into the projector, so every artefact outputs teacher-space vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ssondo_train.stages.base import Stage, StageContext, StageError
+
+log = logging.getLogger(__name__)
+
+
+def _probe_heads(ctx: StageContext, model_name: str) -> dict[str, Any]:
+    """Heads fitted by stage=probe for ``model_name`` (backbone embeddings), as nn.Linear + metadata."""
+    heads_dir = ctx.stage_dir("probe") / "heads" / model_name
+    heads: dict[str, Any] = {}
+    if not heads_dir.is_dir():
+        return heads
+    from ssondo_train.export.formats import load_head
+
+    for path in sorted(heads_dir.glob("*.pth")):
+        linear, meta = load_head(path)
+        heads[path.stem] = (linear, meta)
+    return heads
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from ssondo_train.export import export_student
+    from ssondo_train.export.formats import PreprocessSpec, ssondo_training_config
+    from ssondo_train.inference import get_ssondo
+    from ssondo_train.stages.distill import CHECKPOINT_DIR, LAST_CKPT
+    from ssondo_train.training.checkpoint import load_distill_checkpoint
+    from ssondo_train.utils.io import read_json
+
+    cfg = ctx.cfg.export
+    distill_done = ctx.require_done("distill")
+    if cfg.checkpoint == "best" and distill_done.get("checkpoints", {}).get("best"):
+        ckpt = ctx.run_dir / distill_done["checkpoints"]["best"]
+    elif cfg.checkpoint in ("best", "last"):
+        ckpt = ctx.stage_dir("distill") / CHECKPOINT_DIR / LAST_CKPT
+    else:
+        ckpt = Path(cfg.checkpoint)
+    if not ckpt.exists():
+        raise StageError(f"checkpoint {ckpt} does not exist")
+    loaded = load_distill_checkpoint(ckpt)
+    run_cfg = loaded.config
+    pre_done = read_json(ctx.stage_dir("precompute") / "done.json")
+    window_s = float(pre_done["config"]["precompute"]["window_seconds"])
+    seg_s = float(cfg.segment_seconds or window_s)
+    preprocess = PreprocessSpec(window_s=seg_s, hop_s=seg_s)
+    student_cfg = run_cfg["student"]
+    training_config = ssondo_training_config(
+        student_cfg["name"], dict(student_cfg.get("kwargs", {})), teacher_dim=int(loaded.target_mean.numel()),
+        hidden_dim=int(student_cfg.get("projector_hidden", 1280)), preprocess=preprocess,
+        conf_id=f"{ctx.run_dir.name}:{student_cfg['name']}<-{pre_done['teacher']['name']}")
+    normed = loaded.target_norm != "none"
+    heads = _probe_heads(ctx, cfg.heads_from)
+    files = export_student(
+        ctx.out_dir, loaded.student, training_config, teacher_meta=pre_done["teacher"],
+        target_mean=loaded.target_mean if normed else None, target_std=loaded.target_std if normed else None,
+        heads=heads, onnx=None if cfg.onnx else False)
+    # Load what was written, as a user would, and report the shape.
+    model = get_ssondo(str(ctx.out_dir), device="cpu")
+    import torch
+
+    emb = model.get_embeddings(torch.zeros(1, int(seg_s * 32000)) + 1e-3)
+    rel = {k: str(Path(v).relative_to(ctx.run_dir)) for k, v in files.items()}
+    example = (f'from ssondo_train import get_ssondo\n'
+               f'model = get_ssondo("{ctx.out_dir}"); print(model.get_embeddings(audio_32k).shape)')
+    return {
+        "summary": (f"export: {student_cfg['name']} from {ckpt.name} (step {loaded.step}) -> {ctx.out_dir}; "
+                    f"embedding {tuple(emb.shape)}, {len(heads)} probe heads\n{example}"),
+        "checkpoint": str(ckpt.relative_to(ctx.run_dir)) if ckpt.is_relative_to(ctx.run_dir) else str(ckpt),
+        "step": loaded.step,
+        "files": rel,
+        "embedding_dim": int(emb.shape[-1]),
+        "segment_seconds": seg_s,
+        "target_norm_folded": normed,
+        "heads": sorted(heads),
+    }
+
+
+STAGE = Stage(
+    name="export",
+    run=run,
+    config_keys=("export",),
+    requires=("distill",),
+    description="write ssondo.ckpt, safetensors + config.json, ONNX and probe heads of a distill run",
+)
