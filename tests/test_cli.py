@@ -94,7 +94,7 @@ def test_every_config_file_composes_and_validates(compose, group, option):
 def test_every_experiment_composes_and_validates(compose, experiment):
     from ssondo_train.config.schema import validate_config
 
-    cfg = compose([f"experiment={experiment}"])
+    cfg = compose(["stage=distill", f"experiment={experiment}"])
     validate_config(cfg)
 
 
