@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssondo_train.training.checkpoint import load_distill_checkpoint
+
 log = logging.getLogger(__name__)
 
 MODEL_KINDS: tuple[str, ...] = ("teacher", "logmel", "untrained", "student", "student_proj", "export")
@@ -44,7 +46,6 @@ STUDENT_KINDS: tuple[str, ...] = ("student", "student_proj")
 DEFAULT_WINDOW_SECONDS = 10.0  # S-SONDO's segment length, used when the run has no precompute stage
 STUDENT_SAMPLE_RATE = 32_000
 EMBEDDER_VERSION = 1  # bump when an embedder's output changes for the same fingerprint (invalidates caches)
-CHECKPOINT_PREFIXES: tuple[str, ...] = ("student.", "target_norm.", "loss.", "frontend.")
 
 
 # --- specs
@@ -388,83 +389,6 @@ class TeacherEmbedder(ClipEmbedder):
     def _forward(self, wav: Tensor) -> Tensor:
         assert self.teacher is not None
         return self.teacher.embed(wav)
-
-
-# --- distill checkpoints
-@dataclass
-class DistillCheckpoint:
-    """A distill stage checkpoint rebuilt: the student and the target normalisation buffers."""
-
-    path: Path
-    student: nn.Module
-    target_mean: Tensor
-    target_std: Tensor
-    config: dict[str, Any]
-    sha256: str
-    ignored_keys: list[str] = field(default_factory=list)
-
-
-def _load_pickle(path: Path) -> Any:
-    """Weights-only load; the export package's loader adds a tiny allowlist for Lightning's numpy scalars."""
-    try:
-        from ssondo_train.export.safe_load import safe_torch_load
-    except ImportError:  # the export package is optional for probing
-        return torch.load(path, map_location="cpu", weights_only=True)
-    return safe_torch_load(path)
-
-
-def load_distill_checkpoint(path: str | Path) -> DistillCheckpoint:
-    """Rebuild the student of a distill ``.ckpt`` (Lightning) and load its weights strictly.
-
-    The LightningModule state dict holds ``student.model.*``, ``student.classification_head.*`` and
-    ``target_norm.mean`` / ``target_norm.std``; the run config is stored under ``ssondo_train_config`` as
-    plain containers. The student is rebuilt from that config's ``student`` section (``StudentConfig``),
-    without the ImageNet initialisation (the checkpoint's weights replace it anyway).
-
-    Raises:
-        ValueError: not a distill checkpoint, or the weights do not match the stored student config.
-    """
-    from omegaconf import OmegaConf
-
-    from ssondo_train.config.groups import StudentConfig
-    from ssondo_train.config.schema import to_schema
-    from ssondo_train.stages.distill import build_student_model
-    from ssondo_train.utils.io import sha256_file
-
-    path = Path(path)
-    ckpt = _load_pickle(path)
-    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "ssondo_train_config" not in ckpt:
-        raise ValueError(f"{path}: not a distill checkpoint (needs 'state_dict' and 'ssondo_train_config')")
-    state: Mapping[str, Tensor] = ckpt["state_dict"]
-    config = dict(ckpt["ssondo_train_config"])
-    if "student" not in config:
-        raise ValueError(f"{path}: the stored config has no 'student' section")
-    student_cfg = to_schema("student", OmegaConf.create(dict(config["student"])), StudentConfig)
-    student_cfg.pretrained = None
-    for key in ("target_norm.mean", "target_norm.std", "student.classification_head.mlp.3.weight"):
-        if key not in state:
-            raise ValueError(f"{path}: state_dict has no {key!r}")
-    teacher_dim = int(state["student.classification_head.mlp.3.weight"].shape[0])
-    student = build_student_model(student_cfg, teacher_dim)
-    sub = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
-    try:
-        student.load_state_dict(sub, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the stored student config: {err}") from None
-    ignored = sorted(k for k in state if not k.startswith(CHECKPOINT_PREFIXES))
-    if ignored:
-        log.warning(
-            "%s: %d state-dict entries outside student/target_norm ignored, e.g. %s",
-            path.name,
-            len(ignored),
-            ignored[0],
-        )
-    mean, std = state["target_norm.mean"].float(), state["target_norm.std"].float()
-    if mean.shape != (teacher_dim,) or std.shape != (teacher_dim,):
-        raise ValueError(
-            f"{path}: target_norm buffers {tuple(mean.shape)}/{tuple(std.shape)} != ({teacher_dim},)"
-        )
-    return DistillCheckpoint(path, student.eval(), mean, std, config, sha256_file(path), ignored)
 
 
 # --- builders

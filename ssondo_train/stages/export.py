@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ssondo_train.export.formats import PreprocessSpec, ssondo_training_config
     from ssondo_train.inference import get_ssondo
     from ssondo_train.stages.distill import CHECKPOINT_DIR, LAST_CKPT
-    from ssondo_train.training.checkpoint import load_distill_checkpoint
+    from ssondo_train.training.checkpoint import checkpoint_target_norm, load_distill_checkpoint
     from ssondo_train.utils.io import read_json
 
     cfg = ctx.cfg.export
@@ -51,6 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise StageError(f"checkpoint {ckpt} does not exist")
     loaded = load_distill_checkpoint(ckpt)
     run_cfg = loaded.config
+    target_norm = checkpoint_target_norm(loaded)
     pre_done = read_json(ctx.stage_dir("precompute") / "done.json")
     window_s = float(pre_done["config"]["precompute"]["window_seconds"])
     seg_s = float(cfg.segment_seconds or window_s)
@@ -60,7 +61,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         student_cfg["name"], dict(student_cfg.get("kwargs", {})), teacher_dim=int(loaded.target_mean.numel()),
         hidden_dim=int(student_cfg.get("projector_hidden", 1280)), preprocess=preprocess,
         conf_id=f"{ctx.run_dir.name}:{student_cfg['name']}<-{pre_done['teacher']['name']}")
-    normed = loaded.target_norm != "none"
+    normed = target_norm != "none"
     heads = _probe_heads(ctx, cfg.heads_from)
     files = export_student(
         ctx.out_dir, loaded.student, training_config, teacher_meta=pre_done["teacher"],
@@ -75,16 +76,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
     example = (f'from ssondo_train import get_ssondo\n'
                f'model = get_ssondo("{ctx.out_dir}"); print(model.get_embeddings(audio_32k).shape)')
     return {
-        "summary": (f"export: {student_cfg['name']} from {ckpt.name} (step {loaded.step}) -> {ctx.out_dir}; "
+        "summary": (f"export: {student_cfg['name']} from {ckpt.name} (step {_step(ckpt)}) -> {ctx.out_dir}; "
                     f"embedding {tuple(emb.shape)}, {len(heads)} probe heads\n{example}"),
         "checkpoint": str(ckpt.relative_to(ctx.run_dir)) if ckpt.is_relative_to(ctx.run_dir) else str(ckpt),
-        "step": loaded.step,
+        "step": _step(ckpt),
         "files": rel,
         "embedding_dim": int(emb.shape[-1]),
         "segment_seconds": seg_s,
         "target_norm_folded": normed,
         "heads": sorted(heads),
     }
+
+
+def _step(ckpt: Path) -> int:
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
 
 
 STAGE = Stage(

@@ -7,55 +7,97 @@ and the resolved run config under ``ssondo_train_config`` as plain containers, s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from ssondo_train.students import StudentWithProjector
+log = logging.getLogger(__name__)
+
+# State-dict prefixes a distill LightningModule writes; anything else is reported and ignored.
+CHECKPOINT_PREFIXES: tuple[str, ...] = ("student.", "target_norm.", "loss.", "frontend.")
 
 
 @dataclass
-class DistilledStudent:
-    student: StudentWithProjector
-    target_mean: torch.Tensor
-    target_std: torch.Tensor
-    target_norm: str
+class DistillCheckpoint:
+    """A distill stage checkpoint rebuilt: the student and the target normalisation buffers."""
+
+    path: Path
+    student: nn.Module
+    target_mean: Tensor
+    target_std: Tensor
     config: dict[str, Any]
-    step: int
+    sha256: str
+    ignored_keys: list[str] = field(default_factory=list)
 
 
-def load_distill_checkpoint(path: str | Path) -> DistilledStudent:
-    """Rebuild the student (backbone + projector) of a distill checkpoint and load it strictly.
+def _load_pickle(path: Path) -> Any:
+    """Weights-only load; the export package's loader adds a tiny allowlist for Lightning's numpy scalars."""
+    try:
+        from ssondo_train.export.safe_load import safe_torch_load
+    except ImportError:  # the export package is optional for probing
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_torch_load(path)
+
+
+def load_distill_checkpoint(path: str | Path) -> DistillCheckpoint:
+    """Rebuild the student of a distill ``.ckpt`` (Lightning) and load its weights strictly.
+
+    The LightningModule state dict holds ``student.model.*``, ``student.classification_head.*`` and
+    ``target_norm.mean`` / ``target_norm.std``; the run config is stored under ``ssondo_train_config`` as
+    plain containers. The student is rebuilt from that config's ``student`` section (``StudentConfig``),
+    without the ImageNet initialisation (the checkpoint's weights replace it anyway).
 
     Raises:
-        ValueError: the file is not a distill checkpoint of this package, or its keys do not match.
+        ValueError: not a distill checkpoint, or the weights do not match the stored student config.
     """
+    from omegaconf import OmegaConf
+
     from ssondo_train.config.groups import StudentConfig
     from ssondo_train.config.schema import to_schema
     from ssondo_train.stages.distill import build_student_model
+    from ssondo_train.utils.io import sha256_file
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.get("ssondo_train_config")
-    if not isinstance(config, dict) or "student" not in config:
-        raise ValueError(f"{path} is not a distill checkpoint of ssondo-train (no 'ssondo_train_config')")
-    state = ckpt["state_dict"]
+    path = Path(path)
+    ckpt = _load_pickle(path)
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "ssondo_train_config" not in ckpt:
+        raise ValueError(f"{path}: not a distill checkpoint (needs 'state_dict' and 'ssondo_train_config')")
+    state: Mapping[str, Tensor] = ckpt["state_dict"]
+    config = dict(ckpt["ssondo_train_config"])
+    if "student" not in config:
+        raise ValueError(f"{path}: the stored config has no 'student' section")
+    student_cfg = to_schema("student", OmegaConf.create(dict(config["student"])), StudentConfig)
+    student_cfg.pretrained = None
+    for key in ("target_norm.mean", "target_norm.std", "student.classification_head.mlp.3.weight"):
+        if key not in state:
+            raise ValueError(f"{path}: state_dict has no {key!r}")
+    teacher_dim = int(state["student.classification_head.mlp.3.weight"].shape[0])
+    student = build_student_model(student_cfg, teacher_dim)
+    sub = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+    try:
+        student.load_state_dict(sub, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not match the stored student config: {err}") from None
+    ignored = sorted(k for k in state if not k.startswith(CHECKPOINT_PREFIXES))
+    if ignored:
+        log.warning(
+            "%s: %d state-dict entries outside student/target_norm ignored, e.g. %s",
+            path.name,
+            len(ignored),
+            ignored[0],
+        )
     mean, std = state["target_norm.mean"].float(), state["target_norm.std"].float()
-    scfg = to_schema("student", _as_omegaconf(config["student"]), StudentConfig)
-    scfg.pretrained = None  # weights come from the checkpoint
-    student = build_student_model(scfg, int(mean.numel()))
-    weights = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
-    result = student.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path}: student keys do not match: missing {result.missing_keys[:10]}, "
-                         f"unexpected {result.unexpected_keys[:10]}")
-    student.eval()
-    mode = str(config.get("distill", {}).get("target_norm", "none"))
-    return DistilledStudent(student, mean, std, mode, config, int(ckpt.get("global_step", 0)))
+    if mean.shape != (teacher_dim,) or std.shape != (teacher_dim,):
+        raise ValueError(
+            f"{path}: target_norm buffers {tuple(mean.shape)}/{tuple(std.shape)} != ({teacher_dim},)"
+        )
+    return DistillCheckpoint(path, student.eval(), mean, std, config, sha256_file(path), ignored)
 
 
-def _as_omegaconf(node: dict[str, Any]):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(node)
+def checkpoint_target_norm(ckpt: DistillCheckpoint) -> str:
+    """The ``distill.target_norm`` mode the checkpoint was trained with."""
+    return str(ckpt.config.get("distill", {}).get("target_norm", "none"))
