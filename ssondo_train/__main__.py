@@ -22,21 +22,22 @@ def _print_stages() -> None:
 
 
 def _hydra_main(cfg) -> None:  # cfg: DictConfig
-    from ssondo_train.config.schema import ConfigError, validate_config
-    from ssondo_train.stages import StageError, get_stage, run_stage
-
     from omegaconf import OmegaConf
 
-    from ssondo_train.stages import stage_names
+    from ssondo_train.config.schema import ConfigError, validate_config
+    from ssondo_train.stages import StageError, get_stage, run_stage, stage_names
 
     if OmegaConf.is_missing(cfg, "stage_name"):
-        print(f"error: choose a stage: stage=<name>, one of: {', '.join(stage_names())} "
-              "(python -m ssondo_train --help)", file=sys.stderr)
+        print(
+            f"error: choose a stage: stage=<name>, one of: {', '.join(stage_names())} "
+            "(python -m ssondo_train --help)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         validate_config(cfg)
         stage = get_stage(cfg.stage_name)
-        run_dir = Path(cfg.paths.output_root) / cfg.run_name
+        run_dir = Path(cfg.paths.output_root).resolve() / cfg.run_name
         done = run_stage(stage, cfg, run_dir, force=bool(cfg.force))
     except (ConfigError, StageError) as err:
         # A clear one-line message, not a traceback: these are user errors.

@@ -33,7 +33,11 @@ def make_signal(kind: str, seconds: float, sr: int, seed: int = 0, channels: int
         x = np.zeros(n)
     else:
         raise ValueError(kind)
-    x = (0.5 * x / max(np.abs(x).max(), 1e-9)).astype(np.float32) if kind != "silence" else x.astype(np.float32)
+    x = (
+        (0.5 * x / max(np.abs(x).max(), 1e-9)).astype(np.float32)
+        if kind != "silence"
+        else x.astype(np.float32)
+    )
     if channels > 1:
         x = np.stack([x * (1.0 - 0.3 * c) for c in range(channels)], axis=1)
     return x
@@ -43,8 +47,15 @@ def make_signal(kind: str, seconds: float, sr: int, seed: int = 0, channels: int
 def write_audio(tmp_path: Path) -> Callable[..., Path]:
     """Write a test signal to ``tmp_path/name`` (format from the extension) and return the path."""
 
-    def _write(name: str, kind: str = "chirp", seconds: float = 1.0, sr: int = 16000, channels: int = 1,
-               seed: int = 0, subtype: str | None = None) -> Path:
+    def _write(
+        name: str,
+        kind: str = "chirp",
+        seconds: float = 1.0,
+        sr: int = 16000,
+        channels: int = 1,
+        seed: int = 0,
+        subtype: str | None = None,
+    ) -> Path:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         data = make_signal(kind, seconds, sr, seed, channels)

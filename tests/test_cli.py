@@ -11,13 +11,29 @@ import pytest
 from ssondo_train.stages import STAGES, get_stage, stage_names
 from tests.conftest import CONFIG_DIR, REPO_ROOT
 
-GROUPS = ["stage", "teacher", "student", "data", "store", "sampler", "loss", "trainer", "logger", "paths",
-          "experiment"]
+GROUPS = [
+    "stage",
+    "teacher",
+    "student",
+    "data",
+    "store",
+    "sampler",
+    "loss",
+    "trainer",
+    "logger",
+    "paths",
+    "experiment",
+]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ssondo_train", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO_ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ssondo_train", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO_ROOT,
+        timeout=300,
+    )
 
 
 def options(group: str) -> list[str]:
@@ -106,8 +122,10 @@ def test_bad_value_fails_at_start_up_naming_the_key(tmp_path):
 
 
 def test_importing_the_package_stays_light():
-    code = ("import sys, ssondo_train; heavy = [m for m in ('lightning', 'hydra', 'wandb') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys, ssondo_train; heavy = [m for m in ('lightning', 'hydra', 'wandb') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -117,8 +135,11 @@ def test_slurm_launcher_config_composes(compose):
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=["stage=distill", "trainer=ddp", "trainer.devices=4",
-                                                             "hydra/launcher=slurm"], return_hydra_config=True)
+        cfg = hydra_compose(
+            config_name="config",
+            overrides=["stage=distill", "trainer=ddp", "trainer.devices=4", "hydra/launcher=slurm"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.max_num_timeout == 5

@@ -198,7 +198,7 @@ def cut_windows(wav: torch.Tensor, window: int, hop: int, tail: TailPolicy = "pa
     starts = window_starts(n, window, hop, tail)
     lengths = [min(window, n - s) for s in starts]
     if tail == "keep":
-        return Windows([wav[s : s + length] for s, length in zip(starts, lengths)], starts, lengths)
+        return Windows([wav[s : s + length] for s, length in zip(starts, lengths, strict=False)], starts, lengths)
     if not starts:
         return Windows(wav.new_zeros((0, window)), [], [])
     need = starts[-1] + window

@@ -96,8 +96,14 @@ def fit_kmeans(
         from sklearn.cluster import MiniBatchKMeans
 
         data = _prepare(x, metric, "cpu").numpy()
-        km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=n_init, max_iter=max_iter,
-                             batch_size=min(10_000, n), reassignment_ratio=0.0).fit(data)
+        km = MiniBatchKMeans(
+            n_clusters=k,
+            random_state=seed,
+            n_init=n_init,
+            max_iter=max_iter,
+            batch_size=min(10_000, n),
+            reassignment_ratio=0.0,
+        ).fit(data)
         centroids = km.cluster_centers_.astype(np.float32)
         if metric == "cosine":
             centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
@@ -128,8 +134,9 @@ def fit_kmeans(
                 break
             prev = inertia
         labels, dist = _nearest(data, c)
-        result = KMeansResult(c.cpu().numpy().astype(np.float32), labels.cpu().numpy(), float(dist.sum()), it,
-                              metric)
+        result = KMeansResult(
+            c.cpu().numpy().astype(np.float32), labels.cpu().numpy(), float(dist.sum()), it, metric
+        )
         if best is None or result.inertia < best.inertia:
             best = result
     assert best is not None
@@ -143,8 +150,9 @@ def assign(centroids: np.ndarray, x: np.ndarray, metric: str = "euclidean") -> n
     return labels.numpy().astype(np.int64)
 
 
-def cluster_metrics(x: np.ndarray, labels: np.ndarray, metric: str = "euclidean", sample: int = 5000,
-                    seed: int = 0) -> dict[str, float | None]:
+def cluster_metrics(
+    x: np.ndarray, labels: np.ndarray, metric: str = "euclidean", sample: int = 5000, seed: int = 0
+) -> dict[str, float | None]:
     """Silhouette (on a sample), Calinski-Harabasz and Davies-Bouldin; None where undefined."""
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
@@ -156,8 +164,9 @@ def cluster_metrics(x: np.ndarray, labels: np.ndarray, metric: str = "euclidean"
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(data), size=min(sample, len(data)), replace=False)
     if len(np.unique(labels[idx])) > 1:
-        out["silhouette"] = float(silhouette_score(data[idx], labels[idx],
-                                                   metric="cosine" if metric == "cosine" else "euclidean"))
+        out["silhouette"] = float(
+            silhouette_score(data[idx], labels[idx], metric="cosine" if metric == "cosine" else "euclidean")
+        )
     out["calinski_harabasz"] = float(calinski_harabasz_score(data, labels))
     out["davies_bouldin"] = float(davies_bouldin_score(data, labels))
     return out

@@ -29,8 +29,9 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         check_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
         check_choice("trainer.precision", str(self.precision), PRECISIONS)
-        check_choice("trainer.float32_matmul_precision", self.float32_matmul_precision,
-                     ("highest", "high", "medium"))
+        check_choice(
+            "trainer.float32_matmul_precision", self.float32_matmul_precision, ("highest", "high", "medium")
+        )
         check_range("trainer.num_nodes", self.num_nodes, 1)
         check_range("trainer.num_workers", self.num_workers, 0)
         check_range("trainer.gradient_clip_val", self.gradient_clip_val, 0)
@@ -111,8 +112,10 @@ class StudentConfig:
         accepted = set(inspect.signature(STUDENTS[self.name]).parameters)
         unknown = sorted(set(self.kwargs) - accepted)
         if unknown:
-            raise ValueError(f"student.kwargs has unknown keys {unknown} for {self.name}; "
-                             f"allowed: {', '.join(sorted(accepted))}")
+            raise ValueError(
+                f"student.kwargs has unknown keys {unknown} for {self.name}; "
+                f"allowed: {', '.join(sorted(accepted))}"
+            )
 
 
 @register_schema("teacher")
@@ -139,8 +142,11 @@ class TeacherConfig:
         """Keyword arguments of ``build_teacher`` for this teacher."""
         if self.name == "whisper_tiny":
             return {"model_path": self.model_path, "pooling": self.pooling, "layer": self.layer}
-        return {"checkpoint_path": self.checkpoint_path, "allow_unexpected_keys": self.allow_unexpected_keys,
-                "config": dict(self.config) or None}
+        return {
+            "checkpoint_path": self.checkpoint_path,
+            "allow_unexpected_keys": self.allow_unexpected_keys,
+            "config": dict(self.config) or None,
+        }
 
 
 @register_schema("store")
@@ -270,7 +276,8 @@ class ProbeConfig:
 
     tasks: list = dataclasses.field(default_factory=list)  # strings, or mappings {task, root, ...}
     models: list[str] = dataclasses.field(
-        default_factory=lambda: ["teacher", "logmel", "untrained", "student", "student_proj"])
+        default_factory=lambda: ["teacher", "logmel", "untrained", "student", "student_proj"]
+    )
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     window_seconds: float | None = None
     batch_size: int = 64

@@ -25,8 +25,9 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
 
 
-def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
+def check_range(
+    key: str, value: float, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> None:
     if value is None:
         raise ConfigError(f"{key} must be set")
     if low is not None and (value <= low if low_open else value < low):

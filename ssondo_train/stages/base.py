@@ -87,8 +87,11 @@ class StageContext:
 
 def stage_config(cfg: DictConfig, keys: Sequence[str]) -> dict[str, Any]:
     """The resolved part of ``cfg`` that a stage's result depends on."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in keys if k in cfg}
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in keys
+        if k in cfg
+    }
 
 
 def config_hash(cfg: DictConfig, keys: Sequence[str]) -> str:
@@ -112,8 +115,12 @@ def run_stage(stage: Stage, cfg: DictConfig, run_dir: Path, force: bool = False)
     if marker.exists() and not force:
         done = read_json(marker)
         if done.get("config_hash") == digest:
-            log.info("stage '%s' of run '%s' is already done (%s); use force=true to redo it",
-                     stage.name, run_dir.name, marker)
+            log.info(
+                "stage '%s' of run '%s' is already done (%s); use force=true to redo it",
+                stage.name,
+                run_dir.name,
+                marker,
+            )
             return done
         raise StageError(
             f"stage '{stage.name}' of run '{run_dir.name}' already finished with a different configuration "

@@ -52,33 +52,65 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train = split == "train"
     if int(train.sum()) < int(cfg.k):
         raise StageError(f"cluster.k={cfg.k} but only {int(train.sum())} training windows are stored")
-    log.info("k-means: K=%d, %s, on %d training windows of %d dims (%d held out)", cfg.k, cfg.metric,
-             int(train.sum()), x.shape[1], int((~train).sum()))
-    result = fit_kmeans(x[train], k=int(cfg.k), metric=cfg.metric, seed=int(ctx.cfg.seed), backend=cfg.backend,
-                        max_iter=int(cfg.max_iter), n_init=int(cfg.n_init))
+    log.info(
+        "k-means: K=%d, %s, on %d training windows of %d dims (%d held out)",
+        cfg.k,
+        cfg.metric,
+        int(train.sum()),
+        x.shape[1],
+        int((~train).sum()),
+    )
+    result = fit_kmeans(
+        x[train],
+        k=int(cfg.k),
+        metric=cfg.metric,
+        seed=int(ctx.cfg.seed),
+        backend=cfg.backend,
+        max_iter=int(cfg.max_iter),
+        n_init=int(cfg.n_init),
+    )
     labels = assign(result.centroids, x, cfg.metric)
     sizes = np.bincount(labels[train], minlength=int(cfg.k))
-    metrics = cluster_metrics(x[train], labels[train], cfg.metric, sample=int(cfg.metric_sample),
-                              seed=int(ctx.cfg.seed))
+    metrics = cluster_metrics(
+        x[train], labels[train], cfg.metric, sample=int(cfg.metric_sample), seed=int(ctx.cfg.seed)
+    )
     out = ctx.out_dir
     with atomic_path(out / CENTROIDS_FILE, suffix=".npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, result.centroids)
     lines = ["clip_id,window,cluster,split"]
-    lines += [f"{cid},{w},{int(c)},{s}" for (cid, w), c, s in zip(keys, labels, split)]
+    lines += [f"{cid},{w},{int(c)},{s}" for (cid, w), c, s in zip(keys, labels, split, strict=False)]
     with atomic_path(out / ASSIGNMENTS_FILE) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    hist = {"min": int(sizes.min()), "max": int(sizes.max()), "median": float(np.median(sizes)),
-            "empty": int((sizes == 0).sum()), "sizes": sizes.tolist()}
-    figures = {"k": int(cfg.k), "metric": cfg.metric, "backend": cfg.backend, "train_windows": int(train.sum()),
-               "assigned_windows": len(keys), "inertia": result.inertia, "iterations": result.n_iter,
-               **metrics, "cluster_sizes": hist}
+    hist = {
+        "min": int(sizes.min()),
+        "max": int(sizes.max()),
+        "median": float(np.median(sizes)),
+        "empty": int((sizes == 0).sum()),
+        "sizes": sizes.tolist(),
+    }
+    figures = {
+        "k": int(cfg.k),
+        "metric": cfg.metric,
+        "backend": cfg.backend,
+        "train_windows": int(train.sum()),
+        "assigned_windows": len(keys),
+        "inertia": result.inertia,
+        "iterations": result.n_iter,
+        **metrics,
+        "cluster_sizes": hist,
+    }
     atomic_write_json(out / "metrics.json", figures)
-    _plot_sizes(sizes.tolist(), out / "cluster_sizes.png",
-                f"{cfg.k} clusters of {store.meta['teacher']['name']} embeddings ({cfg.metric})")
-    figures["summary"] = (f"cluster: K={cfg.k} ({cfg.metric}) on {int(train.sum())} training windows; sizes "
-                          f"{hist['min']}..{hist['max']} (median {hist['median']:.0f}); silhouette "
-                          f"{metrics['silhouette'] if metrics['silhouette'] is None else round(metrics['silhouette'], 3)}")
+    _plot_sizes(
+        sizes.tolist(),
+        out / "cluster_sizes.png",
+        f"{cfg.k} clusters of {store.meta['teacher']['name']} embeddings ({cfg.metric})",
+    )
+    figures["summary"] = (
+        f"cluster: K={cfg.k} ({cfg.metric}) on {int(train.sum())} training windows; sizes "
+        f"{hist['min']}..{hist['max']} (median {hist['median']:.0f}); silhouette "
+        f"{metrics['silhouette'] if metrics['silhouette'] is None else round(metrics['silhouette'], 3)}"
+    )
     return figures
 
 

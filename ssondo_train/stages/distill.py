@@ -41,8 +41,10 @@ def _load_clusters(ctx: StageContext, keys: list[tuple[str, int]], required: boo
             lookup[(row["clip_id"], int(row["window"]))] = int(row["cluster"])
     missing = [k for k in keys if k not in lookup]
     if missing:
-        raise StageError(f"{len(missing)} stored windows have no cluster id in {path} (e.g. {missing[0]}); "
-                         "rerun stage=cluster force=true")
+        raise StageError(
+            f"{len(missing)} stored windows have no cluster id in {path} (e.g. {missing[0]}); "
+            "rerun stage=cluster force=true"
+        )
     ids = np.array([lookup[k] for k in keys], dtype=np.int64)
     return ids, int(ids.max()) + 1
 
@@ -51,8 +53,13 @@ def build_student_model(scfg, teacher_dim: int):
     """Backbone + projector from the ``student`` config group."""
     from ssondo_train.students import build_student_with_projector, load_imagenet_init
 
-    student = build_student_with_projector(scfg.name, teacher_dim=teacher_dim, hidden_dim=scfg.projector_hidden,
-                                           dropout=scfg.projector_dropout, **dict(scfg.kwargs))
+    student = build_student_with_projector(
+        scfg.name,
+        teacher_dim=teacher_dim,
+        hidden_dim=scfg.projector_hidden,
+        dropout=scfg.projector_dropout,
+        **dict(scfg.kwargs),
+    )
     if scfg.pretrained:
         load_imagenet_init(student, scfg.pretrained)
         log.info("initialised the %s backbone from %s", scfg.name, scfg.pretrained)
@@ -92,7 +99,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from lightning.pytorch.loggers import CSVLogger
     from omegaconf import OmegaConf
 
-    from ssondo_train.config.groups import LoggerConfig, LossConfig, SamplerConfig, StudentConfig, TrainerConfig
+    from ssondo_train.config.groups import (
+        LoggerConfig,
+        LossConfig,
+        SamplerConfig,
+        StudentConfig,
+        TrainerConfig,
+    )
     from ssondo_train.config.schema import to_schema
     from ssondo_train.losses import build_loss
     from ssondo_train.sampling.augment import spec_augment as spec_augment_fn
@@ -111,8 +124,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sampler_cfg = to_schema("sampler", ctx.cfg.sampler, SamplerConfig)
     student_cfg = to_schema("student", ctx.cfg.student, StudentConfig)
     if sampler_cfg.name == "class_balanced":
-        raise StageError("sampler=class_balanced is for the supervised baseline, which needs labelled clips; "
-                         "use sampler=bds or sampler=random for distillation")
+        raise StageError(
+            "sampler=class_balanced is for the supervised baseline, which needs labelled clips; "
+            "use sampler=bds or sampler=random for distillation"
+        )
     seed = int(ctx.cfg.seed)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(trainer_cfg.float32_matmul_precision)
@@ -127,49 +142,82 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if len(train_idx) == 0:
         raise StageError("the store holds no training windows")
     if len(val_idx) == 0:
-        raise StageError("the store holds no held-out windows; set precompute.valid_fraction > 0 and rerun "
-                         "precompute with force=true")
+        raise StageError(
+            "the store holds no held-out windows; set precompute.valid_fraction > 0 and rerun "
+            "precompute with force=true"
+        )
     needs_clusters = sampler_cfg.name == "bds" or loss_cfg.name in ("cluster_aware", "neg_clusters", "hybrid")
     clusters, k = _load_clusters(ctx, keys, required=needs_clusters)
     pre_done = read_json(pre / "done.json")
-    window_s = float(store.meta.get("extra", {}).get("window_seconds", pre_done["config"]["precompute"]["window_seconds"]))
+    window_s = float(
+        store.meta.get("extra", {}).get("window_seconds", pre_done["config"]["precompute"]["window_seconds"])
+    )
     window_samples = round(window_s * STUDENT_SAMPLE_RATE)
     clip_paths: dict[str, str] = {}
     if store.audio_codec is None:
         from ssondo_train.data.manifest import CORPUS_MANIFEST, read_manifest
 
-        manifest_path = pre_done["config"]["precompute"]["manifest"] or ctx.stage_dir("prepare") / CORPUS_MANIFEST
+        manifest_path = (
+            pre_done["config"]["precompute"]["manifest"] or ctx.stage_dir("prepare") / CORPUS_MANIFEST
+        )
         manifest = read_manifest(manifest_path)
         clip_paths = {c.clip_id: str(manifest.abs_path(c)) for c in manifest}
     data = DistillData(pre / STORE_DIR, train_idx, val_idx, clusters, window_samples, clip_paths)
 
-    world = int(trainer_cfg.num_nodes) * (int(trainer_cfg.devices) if str(trainer_cfg.devices).isdigit() else 1)
+    world = int(trainer_cfg.num_nodes) * (
+        int(trainer_cfg.devices) if str(trainer_cfg.devices).isdigit() else 1
+    )
     updates_per_epoch = math.ceil(sampler_cfg.num_samples / (int(cfg.batch_size) * max(1, world)))
-    dm = DistillDataModule(data, sampler_cfg.name, sampler_cfg.num_samples, int(cfg.batch_size),
-                           trainer_cfg.num_workers, seed, pin_memory=trainer_cfg.accelerator != "cpu")
+    dm = DistillDataModule(
+        data,
+        sampler_cfg.name,
+        sampler_cfg.num_samples,
+        int(cfg.batch_size),
+        trainer_cfg.num_workers,
+        seed,
+        pin_memory=trainer_cfg.accelerator != "cpu",
+    )
 
     # ---- model -------------------------------------------------------------------------------------------
     stats = store.compute_stats()
-    target_norm = TargetNorm(cfg.target_norm, torch.from_numpy(stats.mean).float(),
-                             torch.from_numpy(stats.std).float())
+    target_norm = TargetNorm(
+        cfg.target_norm, torch.from_numpy(stats.mean).float(), torch.from_numpy(stats.std).float()
+    )
     student = build_student_model(student_cfg, store.dim)
     frontend = StudentFrontEnd()
     loss = build_loss(loss_cfg.name, **loss_cfg.params)
     sa = cfg.spec_augment
     spec_aug = None
     if sa.enabled:
+
         def spec_aug(x, rng, _sa=sa):
             return spec_augment_fn(x, int(_sa.freq_mask), int(_sa.time_mask), int(_sa.n_masks), rng)
-    optim = OptimConfig(lr=float(cfg.lr), betas=tuple(cfg.betas), weight_decay=float(cfg.weight_decay),
-                        updates_per_epoch=updates_per_epoch,
-                        schedule=WarmupRampdown(cfg.warm_up_len, cfg.ramp_down_start, cfg.ramp_down_len,
-                                                cfg.last_lr_value))
+
+    optim = OptimConfig(
+        lr=float(cfg.lr),
+        betas=tuple(cfg.betas),
+        weight_decay=float(cfg.weight_decay),
+        updates_per_epoch=updates_per_epoch,
+        schedule=WarmupRampdown(cfg.warm_up_len, cfg.ramp_down_start, cfg.ramp_down_len, cfg.last_lr_value),
+    )
     full_config = OmegaConf.to_container(ctx.cfg, resolve=True)
-    recal = (lambda: dm.recalibration_batches(int(cfg.bn_recalibration_items))) if cfg.bn_recalibration else None
-    module = DistillModule(student, frontend, loss, target_norm, optim, mixup_alpha=float(cfg.mixup_alpha),
-                           spec_augment=spec_aug, config=full_config, recalibration_batches=recal,
-                           recalibration_items=int(cfg.bn_recalibration_items), seed=seed,
-                           index_log_dir=str(ctx.out_dir) if cfg.log_indices else None)
+    recal = (
+        (lambda: dm.recalibration_batches(int(cfg.bn_recalibration_items))) if cfg.bn_recalibration else None
+    )
+    module = DistillModule(
+        student,
+        frontend,
+        loss,
+        target_norm,
+        optim,
+        mixup_alpha=float(cfg.mixup_alpha),
+        spec_augment=spec_aug,
+        config=full_config,
+        recalibration_batches=recal,
+        recalibration_items=int(cfg.bn_recalibration_items),
+        seed=seed,
+        index_log_dir=str(ctx.out_dir) if cfg.log_indices else None,
+    )
 
     # ---- run folder: checkpoints, loggers, resume --------------------------------------------------------
     out = ctx.out_dir
@@ -185,31 +233,55 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         id_file = out / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else None
-        wandb_logger = WandbLogger(project=logger_cfg.project, entity=logger_cfg.entity, save_dir=str(out),
-                                   name=ctx.run_dir.name, id=run_id, resume="allow" if run_id else None,
-                                   offline=logger_cfg.mode == "offline", log_model=False,
-                                   mode=None if logger_cfg.mode == "offline" else logger_cfg.mode,
-                                   tags=list(logger_cfg.tags))
+        wandb_logger = WandbLogger(
+            project=logger_cfg.project,
+            entity=logger_cfg.entity,
+            save_dir=str(out),
+            name=ctx.run_dir.name,
+            id=run_id,
+            resume="allow" if run_id else None,
+            offline=logger_cfg.mode == "offline",
+            log_model=False,
+            mode=None if logger_cfg.mode == "offline" else logger_cfg.mode,
+            tags=list(logger_cfg.tags),
+        )
         if run_id is None:
             id_file.write_text(wandb_logger.experiment.id)
         loggers.append(wandb_logger)
     history = _EpochHistory()
     callbacks = [
-        ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}-step{step:06d}", monitor="val/kd_loss",
-                        mode="min", save_top_k=int(cfg.save_top_k), save_last=True, auto_insert_metric_name=False),
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="epoch{epoch:03d}-step{step:06d}",
+            monitor="val/kd_loss",
+            mode="min",
+            save_top_k=int(cfg.save_top_k),
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
         TQDMProgressBar(refresh_rate=max(1, min(20, updates_per_epoch // 5))),
         history.callback(),
     ]
     if student_cfg.name == "dymn" and cfg.dymn_anneal:
         callbacks.append(_make_dymn_anneal()())
     trainer = L.Trainer(
-        accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, num_nodes=trainer_cfg.num_nodes,
-        strategy=trainer_cfg.strategy, precision=trainer_cfg.precision,
-        gradient_clip_val=trainer_cfg.gradient_clip_val, deterministic=trainer_cfg.deterministic,
-        max_epochs=int(cfg.epochs), max_steps=int(cfg.max_steps) if cfg.max_steps else -1,
+        accelerator=trainer_cfg.accelerator,
+        devices=trainer_cfg.devices,
+        num_nodes=trainer_cfg.num_nodes,
+        strategy=trainer_cfg.strategy,
+        precision=trainer_cfg.precision,
+        gradient_clip_val=trainer_cfg.gradient_clip_val,
+        deterministic=trainer_cfg.deterministic,
+        max_epochs=int(cfg.epochs),
+        max_steps=int(cfg.max_steps) if cfg.max_steps else -1,
         log_every_n_steps=min(trainer_cfg.log_every_n_steps, max(1, updates_per_epoch)),
-        logger=loggers, callbacks=callbacks, default_root_dir=str(out), use_distributed_sampler=False,
-        num_sanity_val_steps=0, limit_val_batches=cfg.limit_val_batches or 1.0, enable_model_summary=False,
+        logger=loggers,
+        callbacks=callbacks,
+        default_root_dir=str(out),
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=cfg.limit_val_batches or 1.0,
+        enable_model_summary=False,
     )
     if resume is not None:
         log.info("resuming from %s", resume)
@@ -221,9 +293,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     first = summary_rows[0] if summary_rows else {}
     final = summary_rows[-1] if summary_rows else {}
     figures = {
-        "summary": (f"distill: {student_cfg.name} <- {store.meta['teacher']['name']}, {trainer.global_step} updates; "
-                    f"val cosine {first.get('val/cosine')} -> {final.get('val/cosine')} "
-                    f"(mean-target baseline {final.get('val/cosine_of_mean_target')})"),
+        "summary": (
+            f"distill: {student_cfg.name} <- {store.meta['teacher']['name']}, {trainer.global_step} updates; "
+            f"val cosine {first.get('val/cosine')} -> {final.get('val/cosine')} "
+            f"(mean-target baseline {final.get('val/cosine_of_mean_target')})"
+        ),
         "student": student_cfg.name,
         "teacher": store.meta["teacher"],
         "steps": int(trainer.global_step),
@@ -236,8 +310,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "loss": loss_cfg.name,
         "target_norm": cfg.target_norm,
         "history": summary_rows,
-        "checkpoints": {"last": str(last.relative_to(ctx.run_dir)),
-                        "best": str(Path(best).relative_to(ctx.run_dir)) if best else None},
+        "checkpoints": {
+            "last": str(last.relative_to(ctx.run_dir)),
+            "best": str(Path(best).relative_to(ctx.run_dir)) if best else None,
+        },
         "resumed_from": str(resume.relative_to(ctx.run_dir)) if resume else None,
     }
     return figures

@@ -58,26 +58,40 @@ def run(ctx: StageContext) -> dict[str, Any]:
     preprocess = PreprocessSpec(window_s=seg_s, hop_s=seg_s)
     student_cfg = run_cfg["student"]
     training_config = ssondo_training_config(
-        student_cfg["name"], dict(student_cfg.get("kwargs", {})), teacher_dim=int(loaded.target_mean.numel()),
-        hidden_dim=int(student_cfg.get("projector_hidden", 1280)), preprocess=preprocess,
-        conf_id=f"{ctx.run_dir.name}:{student_cfg['name']}<-{pre_done['teacher']['name']}")
+        student_cfg["name"],
+        dict(student_cfg.get("kwargs", {})),
+        teacher_dim=int(loaded.target_mean.numel()),
+        hidden_dim=int(student_cfg.get("projector_hidden", 1280)),
+        preprocess=preprocess,
+        conf_id=f"{ctx.run_dir.name}:{student_cfg['name']}<-{pre_done['teacher']['name']}",
+    )
     normed = target_norm != "none"
     heads = _probe_heads(ctx, cfg.heads_from)
     files = export_student(
-        ctx.out_dir, loaded.student, training_config, teacher_meta=pre_done["teacher"],
-        target_mean=loaded.target_mean if normed else None, target_std=loaded.target_std if normed else None,
-        heads=heads, onnx=None if cfg.onnx else False)
+        ctx.out_dir,
+        loaded.student,
+        training_config,
+        teacher_meta=pre_done["teacher"],
+        target_mean=loaded.target_mean if normed else None,
+        target_std=loaded.target_std if normed else None,
+        heads=heads,
+        onnx=None if cfg.onnx else False,
+    )
     # Load what was written, as a user would, and report the shape.
     model = get_ssondo(str(ctx.out_dir), device="cpu")
     import torch
 
     emb = model.get_embeddings(torch.zeros(1, int(seg_s * 32000)) + 1e-3)
     rel = {k: str(Path(v).relative_to(ctx.run_dir)) for k, v in files.items()}
-    example = (f'from ssondo_train import get_ssondo\n'
-               f'model = get_ssondo("{ctx.out_dir}"); print(model.get_embeddings(audio_32k).shape)')
+    example = (
+        f"from ssondo_train import get_ssondo\n"
+        f'model = get_ssondo("{ctx.out_dir}"); print(model.get_embeddings(audio_32k).shape)'
+    )
     return {
-        "summary": (f"export: {student_cfg['name']} from {ckpt.name} (step {_step(ckpt)}) -> {ctx.out_dir}; "
-                    f"embedding {tuple(emb.shape)}, {len(heads)} probe heads\n{example}"),
+        "summary": (
+            f"export: {student_cfg['name']} from {ckpt.name} (step {_step(ckpt)}) -> {ctx.out_dir}; "
+            f"embedding {tuple(emb.shape)}, {len(heads)} probe heads\n{example}"
+        ),
         "checkpoint": str(ckpt.relative_to(ctx.run_dir)) if ckpt.is_relative_to(ctx.run_dir) else str(ckpt),
         "step": _step(ckpt),
         "files": rel,

@@ -45,8 +45,16 @@ class ClipWindows:
 class _ClipDataset:
     """Map-style dataset: clip i -> ClipWindows (runs in DataLoader workers)."""
 
-    def __init__(self, entries: list[tuple[str, str]], teacher_sr: int, window_s: float, hop_s: float,
-                 tail: str, min_seconds: float, with_student_audio: bool) -> None:
+    def __init__(
+        self,
+        entries: list[tuple[str, str]],
+        teacher_sr: int,
+        window_s: float,
+        hop_s: float,
+        tail: str,
+        min_seconds: float,
+        with_student_audio: bool,
+    ) -> None:
         self.entries = entries
         self.teacher_sr = teacher_sr
         self.window_s, self.hop_s, self.tail = window_s, hop_s, tail
@@ -63,18 +71,26 @@ class _ClipDataset:
         out = ClipWindows(clip_id, path)
         try:
             wav, sr = load_audio(path, None, min_seconds=self.min_seconds)
-            tw = cut_windows(resample(wav, sr, self.teacher_sr), round(self.window_s * self.teacher_sr),
-                             round(self.hop_s * self.teacher_sr), self.tail)
+            tw = cut_windows(
+                resample(wav, sr, self.teacher_sr),
+                round(self.window_s * self.teacher_sr),
+                round(self.hop_s * self.teacher_sr),
+                self.tail,
+            )
             if len(tw) == 0:
                 raise_short = f"shorter than one {self.window_s:g} s window with tail=drop"
                 out.error, out.reason = raise_short, "too_short"
                 return out
             out.teacher = tw.audio
             out.starts = [s / self.teacher_sr for s in tw.starts]
-            out.ends = [(s + n) / self.teacher_sr for s, n in zip(tw.starts, tw.lengths)]
+            out.ends = [(s + n) / self.teacher_sr for s, n in zip(tw.starts, tw.lengths, strict=False)]
             if self.with_student_audio:
-                sw = cut_windows(resample(wav, sr, STUDENT_SAMPLE_RATE), round(self.window_s * STUDENT_SAMPLE_RATE),
-                                 round(self.hop_s * STUDENT_SAMPLE_RATE), self.tail)
+                sw = cut_windows(
+                    resample(wav, sr, STUDENT_SAMPLE_RATE),
+                    round(self.window_s * STUDENT_SAMPLE_RATE),
+                    round(self.hop_s * STUDENT_SAMPLE_RATE),
+                    self.tail,
+                )
                 out.student = sw.audio[: len(tw)]
                 if len(sw) < len(tw):  # rounding of a tail shorter than one sample at the student rate
                     out.student = _pad_rows(out.student, len(tw))
@@ -146,44 +162,80 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tmeta = teacher.metadata()
     window_s, hop_s = float(cfg.window_seconds), float(cfg.hop_seconds)
     for rate in (teacher.sample_rate, STUDENT_SAMPLE_RATE):
-        if abs(window_s * rate - round(window_s * rate)) > 1e-6 or abs(hop_s * rate - round(hop_s * rate)) > 1e-6:
+        if (
+            abs(window_s * rate - round(window_s * rate)) > 1e-6
+            or abs(hop_s * rate - round(hop_s * rate)) > 1e-6
+        ):
             raise StageError(f"precompute.window_seconds/hop_seconds must be whole samples at {rate} Hz")
 
     store_root = ctx.out_dir / STORE_DIR
     writer = StoreWriter(
-        store_root, backend=scfg.backend, shard_prefix="shard", max_count=int(scfg.max_count),
-        max_bytes=int(scfg.max_bytes), dtype=scfg.dtype,
-        meta={"teacher": TeacherMeta(name=tmeta["name"], dim=int(teacher.embed_dim),
-                                     sample_rate=int(teacher.sample_rate),
-                                     checkpoint_sha256=tmeta.get("checkpoint_sha256"),
-                                     pooling=str(tmeta.get("pooling", "mean")), layer=tmeta.get("layer"),
-                                     extra={k: v for k, v in tmeta.items() if k in ("num_layers", "frame_dim")}),
-              "window_seconds": window_s, "hop_seconds": hop_s, "tail": cfg.tail},
+        store_root,
+        backend=scfg.backend,
+        shard_prefix="shard",
+        max_count=int(scfg.max_count),
+        max_bytes=int(scfg.max_bytes),
+        dtype=scfg.dtype,
+        meta={
+            "teacher": TeacherMeta(
+                name=tmeta["name"],
+                dim=int(teacher.embed_dim),
+                sample_rate=int(teacher.sample_rate),
+                checkpoint_sha256=tmeta.get("checkpoint_sha256"),
+                pooling=str(tmeta.get("pooling", "mean")),
+                layer=tmeta.get("layer"),
+                extra={k: v for k, v in tmeta.items() if k in ("num_layers", "frame_dim")},
+            ),
+            "window_seconds": window_s,
+            "hop_seconds": hop_s,
+            "tail": cfg.tail,
+        },
         audio_codec=scfg.audio_codec if cfg.store_student_audio else None,
     )
     clip_ids = [c.clip_id for c in clips]
     by_id = {c.clip_id: c for c in clips}
-    plans = writer.plan_shards(clip_ids, clips_per_shard=int(cfg.clips_per_shard), rank=dist.rank,
-                               world_size=dist.world_size)
+    plans = writer.plan_shards(
+        clip_ids, clips_per_shard=int(cfg.clips_per_shard), rank=dist.rank, world_size=dist.world_size
+    )
     pending = writer.pending(plans)
-    log.info("rank %d/%d: %d shards planned, %d to write (%d already complete)", dist.rank, dist.world_size,
-             len(plans), len(pending), len(plans) - len(pending))
+    log.info(
+        "rank %d/%d: %d shards planned, %d to write (%d already complete)",
+        dist.rank,
+        dist.world_size,
+        len(plans),
+        len(pending),
+        len(plans) - len(pending),
+    )
 
     entries = [(cid, str(manifest.abs_path(by_id[cid]))) for plan in pending for cid in plan.clip_ids]
-    dataset = _ClipDataset(entries, teacher.sample_rate, window_s, hop_s, cfg.tail, float(cfg.min_seconds),
-                           bool(cfg.store_student_audio))
+    dataset = _ClipDataset(
+        entries,
+        teacher.sample_rate,
+        window_s,
+        hop_s,
+        cfg.tail,
+        float(cfg.min_seconds),
+        bool(cfg.store_student_audio),
+    )
     workers = int(cfg.num_workers)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers,
-                                         collate_fn=_collate_one, prefetch_factor=8 if workers else None,
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=1,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate_one,
+        prefetch_factor=8 if workers else None,
+        persistent_workers=False,
+    )
     clip_iter: Iterator[ClipWindows] = iter(loader)
     failures = FailureLog(ctx.out_dir / f"failures.rank{dist.rank}.jsonl")
     batch_size = int(cfg.batch_size)
     use_autocast = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
     amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     counters = {"clips": 0, "windows": 0, "failed": 0, "teacher_seconds": 0.0}
-    bar = tqdm(total=len(entries), unit="clip", desc=f"precompute[{dist.rank}]", dynamic_ncols=True,
-               disable=None)
+    bar = tqdm(
+        total=len(entries), unit="clip", desc=f"precompute[{dist.rank}]", dynamic_ncols=True, disable=None
+    )
     started = time.perf_counter()
 
     def embed(batch: torch.Tensor) -> np.ndarray:
@@ -204,7 +256,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 return
             emb = embed(torch.stack([item.teacher[w] for item, w in buf]))
             bad = ~np.isfinite(emb).all(axis=1)
-            for (item, w), vec, is_bad in zip(buf, emb, bad):
+            for (item, w), vec, is_bad in zip(buf, emb, bad, strict=False):
                 if is_bad:
                     failures.append(item.clip_id, item.path, "teacher_non_finite", f"window {w}")
                     continue
@@ -229,8 +281,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 if len(buf) >= batch_size:
                     yield from flush()
             elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(clips_s=f"{counters['clips'] / elapsed:.1f}",
-                            windows_s=f"{counters['windows'] / elapsed:.1f}", refresh=False)
+            bar.set_postfix(
+                clips_s=f"{counters['clips'] / elapsed:.1f}",
+                windows_s=f"{counters['windows'] / elapsed:.1f}",
+                refresh=False,
+            )
         yield from flush()
 
     try:
@@ -262,28 +317,49 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for rec in failed:
         reasons[rec.reason] = reasons.get(rec.reason, 0) + 1
     stored_clips = set(store.clip_ids())
-    splits = {cid: assign_split(cid, by_id[cid].split, float(cfg.valid_fraction), int(ctx.cfg.seed))
-              for cid in clip_ids if cid in stored_clips}
+    splits = {
+        cid: assign_split(cid, by_id[cid].split, float(cfg.valid_fraction), int(ctx.cfg.seed))
+        for cid in clip_ids
+        if cid in stored_clips
+    }
     atomic_write_json(ctx.out_dir / SPLITS_FILE, splits)
     size = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
-    summary = (f"precompute: {len(stored_clips)} clips, {len(store)} windows of {teacher.embed_dim}-d "
-               f"{tmeta['name']} embeddings in {store_root} ({size / 1e6:.1f} MB); {len(failed)} clips skipped")
+    summary = (
+        f"precompute: {len(stored_clips)} clips, {len(store)} windows of {teacher.embed_dim}-d "
+        f"{tmeta['name']} embeddings in {store_root} ({size / 1e6:.1f} MB); {len(failed)} clips skipped"
+    )
     return {
         "summary": summary,
         "teacher": tmeta,
-        "store": {"root": str(store_root.relative_to(ctx.run_dir)), "backend": scfg.backend,
-                  "dtype": scfg.dtype, "shards": len(index.get("shards", index.get("parts", []))),
-                  "bytes": size, "windows": len(store), "dim": int(teacher.embed_dim),
-                  "student_audio": bool(cfg.store_student_audio)},
-        "counts": {"manifest_clips": len(clips), "stored_clips": len(stored_clips), "windows": len(store),
-                   "failed_clips": len(failed), "failures_by_reason": reasons,
-                   "train_clips": sum(1 for s in splits.values() if s == "train"),
-                   "valid_clips": sum(1 for s in splits.values() if s == "valid")},
-        "throughput": {"seconds_this_run": round(elapsed, 3),
-                       "clips_per_s": round(counters["clips"] / max(elapsed, 1e-9), 2),
-                       "windows_per_s": round(counters["windows"] / max(elapsed, 1e-9), 2),
-                       "teacher_forward_fraction": round(counters["teacher_seconds"] / max(elapsed, 1e-9), 3)},
-        "target_stats": {"mean_norm": float(np.linalg.norm(stats.mean)), "std_mean": float(np.mean(stats.std))},
+        "store": {
+            "root": str(store_root.relative_to(ctx.run_dir)),
+            "backend": scfg.backend,
+            "dtype": scfg.dtype,
+            "shards": len(index.get("shards", index.get("parts", []))),
+            "bytes": size,
+            "windows": len(store),
+            "dim": int(teacher.embed_dim),
+            "student_audio": bool(cfg.store_student_audio),
+        },
+        "counts": {
+            "manifest_clips": len(clips),
+            "stored_clips": len(stored_clips),
+            "windows": len(store),
+            "failed_clips": len(failed),
+            "failures_by_reason": reasons,
+            "train_clips": sum(1 for s in splits.values() if s == "train"),
+            "valid_clips": sum(1 for s in splits.values() if s == "valid"),
+        },
+        "throughput": {
+            "seconds_this_run": round(elapsed, 3),
+            "clips_per_s": round(counters["clips"] / max(elapsed, 1e-9), 2),
+            "windows_per_s": round(counters["windows"] / max(elapsed, 1e-9), 2),
+            "teacher_forward_fraction": round(counters["teacher_seconds"] / max(elapsed, 1e-9), 3),
+        },
+        "target_stats": {
+            "mean_norm": float(np.linalg.norm(stats.mean)),
+            "std_mean": float(np.mean(stats.std)),
+        },
     }
 
 

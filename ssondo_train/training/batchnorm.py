@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
 
 
 @torch.no_grad()
@@ -42,8 +44,10 @@ def recalibrate_batchnorm(
     layers = batchnorm_layers(model)
     if not layers:
         return 0
-    saved = {m: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in layers}
+    saved = {
+        m: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+        for m in layers
+    }
     was_training = model.training
     for m in layers:
         m.reset_running_stats()

@@ -91,6 +91,9 @@ def load_distill_checkpoint(path: str | Path) -> DistillCheckpoint:
             ignored[0],
         )
     mean, std = state["target_norm.mean"].float(), state["target_norm.std"].float()
+    # The length scale of scale-free losses (TargetNorm.scale) is folded in: teacher = proj · std + mean.
+    if "target_norm.scale" in state:
+        std = std * state["target_norm.scale"].float()
     if mean.shape != (teacher_dim,) or std.shape != (teacher_dim,):
         raise ValueError(
             f"{path}: target_norm buffers {tuple(mean.shape)}/{tuple(std.shape)} != ({teacher_dim},)"

@@ -34,8 +34,13 @@ class WindowDataset(Dataset):
         clip_paths: clip_id -> audio file, used when the store holds no audio.
     """
 
-    def __init__(self, store_root: str | Path, clusters: np.ndarray, window_samples: int,
-                 clip_paths: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        store_root: str | Path,
+        clusters: np.ndarray,
+        window_samples: int,
+        clip_paths: dict[str, str] | None = None,
+    ) -> None:
         self.store_root = str(store_root)
         self.clusters = clusters.astype(np.int64)
         self.window_samples = int(window_samples)
@@ -76,8 +81,12 @@ class WindowDataset(Dataset):
         if audio.shape[0] < n:
             audio = np.pad(audio, (0, n - audio.shape[0]))
         target = self.store.get_embeddings([int(i)])[0].astype(np.float32)
-        return {"audio": torch.from_numpy(np.ascontiguousarray(audio[:n])), "target": torch.from_numpy(target),
-                "cluster": torch.tensor(self.clusters[i]), "index": torch.tensor(int(i))}
+        return {
+            "audio": torch.from_numpy(np.ascontiguousarray(audio[:n])),
+            "target": torch.from_numpy(target),
+            "cluster": torch.tensor(self.clusters[i]),
+            "index": torch.tensor(int(i)),
+        }
 
 
 class _IndexMap(torch.utils.data.Sampler[int]):
@@ -115,8 +124,16 @@ class DistillDataModule(L.LightningDataModule):
     (``bds``: equal mass per cluster; ``random``: uniform), split across ranks. Val loader: every held-out
     window once."""
 
-    def __init__(self, data: DistillData, sampler: str, num_samples: int, batch_size: int, num_workers: int,
-                 seed: int, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        data: DistillData,
+        sampler: str,
+        num_samples: int,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        pin_memory: bool = False,
+    ) -> None:
         super().__init__()
         self.data = data
         self.sampler_name = sampler
@@ -134,14 +151,24 @@ class DistillDataModule(L.LightningDataModule):
 
     def _loader(self, sampler, shuffle: bool = False) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0, pin_memory=self.pin_memory,
-                          prefetch_factor=4 if workers > 0 else None, drop_last=False)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if workers > 0 else None,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        inner = EpochSampler(self.train_weights(), self.num_samples, seed=self.seed, rank=rank, world_size=world)
+        inner = EpochSampler(
+            self.train_weights(), self.num_samples, seed=self.seed, rank=rank, world_size=world
+        )
         return self._loader(_IndexMap(inner, self.data.train_idx))
 
     def val_dataloader(self) -> DataLoader:
@@ -153,7 +180,8 @@ class DistillDataModule(L.LightningDataModule):
     def recalibration_batches(self, items: int):
         """Training audio batches ``(B, n)`` for BatchNorm recalibration (a fixed, seeded draw)."""
         rng = np.random.default_rng(self.seed + 7)
-        idx = self.data.train_idx[rng.choice(len(self.data.train_idx), size=min(items, len(self.data.train_idx)),
-                                             replace=False)]
+        idx = self.data.train_idx[
+            rng.choice(len(self.data.train_idx), size=min(items, len(self.data.train_idx)), replace=False)
+        ]
         for start in range(0, len(idx), self.batch_size):
             yield torch.stack([self.dataset[int(i)]["audio"] for i in idx[start : start + self.batch_size]])

@@ -42,10 +42,16 @@ class TargetNorm(nn.Module):
     """Per-dimension normalisation of teacher targets: ``none``, ``center`` (t − μ) or ``zscore`` ((t − μ)/σ).
 
     The statistics come from the training store and are saved as buffers, so a checkpoint carries them and
-    export can map projector outputs back to the teacher's space.
+    export can map projector outputs back to the teacher's space. A scale-invariant loss (cosine, contrastive)
+    leaves the length of the normalised prediction free, so ``scale`` (a buffer, set from the mean length of
+    the training predictions) brings it to the length of the normalised targets before mapping back: without
+    it the mean vector would be added with an arbitrary relative weight. ``inverse`` is affine, so it folds
+    into the projector's last Linear at export.
     """
 
-    def __init__(self, mode: str, mean: Tensor | None = None, std: Tensor | None = None, dim: int = 0) -> None:
+    def __init__(
+        self, mode: str, mean: Tensor | None = None, std: Tensor | None = None, dim: int = 0
+    ) -> None:
         super().__init__()
         if mode not in TARGET_NORMS:
             raise ValueError(f"distill.target_norm={mode!r}; choose one of {TARGET_NORMS}")
@@ -55,18 +61,30 @@ class TargetNorm(nn.Module):
         dim = int(mean.numel()) if mean is not None else dim
         mean = mean.float() if mean is not None else torch.zeros(dim)
         std = std.float().clamp_min(1e-6) if std is not None else torch.ones(dim)
+        # Root-mean-square length of the normalised targets (population statistics).
+        rms = torch.sqrt((std**2).sum()) if mode == "center" else torch.tensor(float(dim) ** 0.5)
         if mode == "center":
             std = torch.ones_like(std)
         if mode == "none":
             mean, std = torch.zeros_like(mean), torch.ones_like(std)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("target_rms", rms.float())
 
     def forward(self, target: Tensor) -> Tensor:
         return target if self.mode == "none" else (target - self.mean) / self.std
 
     def inverse(self, normed: Tensor) -> Tensor:
-        return normed if self.mode == "none" else normed * self.std + self.mean
+        """Normalised prediction -> teacher space: ``normed · scale · σ + μ``."""
+        return normed if self.mode == "none" else normed * (self.scale * self.std) + self.mean
+
+    def set_scale_from_norm(self, mean_pred_norm: float) -> None:
+        if self.mode != "none" and mean_pred_norm > 0:
+            self.scale.fill_(float(self.target_rms) / mean_pred_norm)
+
+
+SCALE_FREE_LOSSES = ("cosine", "clap", "contrastive", "cluster_aware", "neg_clusters", "hybrid")
 
 
 class DistillModule(L.LightningModule):
@@ -114,6 +132,8 @@ class DistillModule(L.LightningModule):
         self.seed = int(seed)
         self.index_log_dir = index_log_dir
         self._val_cos: list[Tensor] = []
+        self._pred_norm_sum = 0.0
+        self._pred_norm_count = 0
         self._val_mean_cos: list[Tensor] = []
         self._tick: float | None = None
 
@@ -151,14 +171,26 @@ class DistillModule(L.LightningModule):
         proj, _ = self.student(logmel)
         target = self.target_norm(batch["target"].float())
         loss = self.loss(proj.float(), target, batch.get("cluster"), mix)
+        self._pred_norm_sum += float(proj.detach().float().norm(dim=-1).sum())
+        self._pred_norm_count += int(proj.shape[0])
         bsz = logmel.shape[0]
         self.log("train/kd_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=False,
-                 batch_size=bsz)
+        self.log(
+            "lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            prog_bar=False,
+            batch_size=bsz,
+        )
         now = time.perf_counter()
         if self._tick is not None:
-            self.log("train/samples_per_s", bsz / max(now - self._tick, 1e-9), on_step=True, prog_bar=True,
-                     batch_size=bsz)
+            self.log(
+                "train/samples_per_s",
+                bsz / max(now - self._tick, 1e-9),
+                on_step=True,
+                prog_bar=True,
+                batch_size=bsz,
+            )
         self._tick = now
         return loss
 
@@ -174,6 +206,9 @@ class DistillModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._tick = None
+        if self._pred_norm_count and getattr(self.loss, "name", "") in SCALE_FREE_LOSSES:
+            self.target_norm.set_scale_from_norm(self._pred_norm_sum / self._pred_norm_count)
+            self._pred_norm_sum, self._pred_norm_count = 0.0, 0
         if self.recalibration_batches is not None:
             batches = (self.logmel(a.to(self.device)) for a in self.recalibration_batches())
             recalibrate_batchnorm(self.student.model, batches, max_items=self.recalibration_items)
@@ -182,7 +217,9 @@ class DistillModule(L.LightningModule):
         proj, _ = self.student(batch["logmel"])
         teacher = batch["target"].float()
         loss = self.loss(proj.float(), self.target_norm(teacher), batch.get("cluster"), None)
-        self.log("val/kd_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=teacher.shape[0])
+        self.log(
+            "val/kd_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=teacher.shape[0]
+        )
         pred = self.target_norm.inverse(proj.float())
         self._val_cos.append(F.cosine_similarity(pred, teacher, dim=-1).detach())
         mean = self.target_norm.mean.expand_as(teacher) if self.target_norm.mode != "none" else None
@@ -195,13 +232,18 @@ class DistillModule(L.LightningModule):
             self.log("val/cosine", cos, prog_bar=True, sync_dist=True)
         if self._val_mean_cos:
             self.log("val/cosine_of_mean_target", torch.cat(self._val_mean_cos).mean(), sync_dist=True)
+        self.log("val/target_scale", self.target_norm.scale, sync_dist=True)
         self._val_cos.clear()
         self._val_mean_cos.clear()
 
     # ---- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = torch.optim.Adam(self.student.parameters(), lr=self.optim.lr, betas=tuple(self.optim.betas),
-                               weight_decay=self.optim.weight_decay)
+        opt = torch.optim.Adam(
+            self.student.parameters(),
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+            weight_decay=self.optim.weight_decay,
+        )
         per_epoch = max(1, int(self.optim.updates_per_epoch))
         schedule = self.optim.schedule
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step / per_epoch))

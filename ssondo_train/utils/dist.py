@@ -21,8 +21,10 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
     """Read (rank, world size, local rank): torchrun/Lightning ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` first,
     then SLURM ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``; a single process otherwise."""
     env = dict(os.environ) if env is None else env
-    for rank_key, size_key, local_key in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
-                                          ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+    for rank_key, size_key, local_key in (
+        ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+        ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    ):
         if rank_key in env and size_key in env:
             rank, size = int(env[rank_key]), int(env[size_key])
             if not 0 <= rank < size:

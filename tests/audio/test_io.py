@@ -138,7 +138,7 @@ def test_window_policies(n, tail, starts, lengths):
         assert [len(a) for a in w.audio] == lengths
     else:
         assert w.audio.shape == (len(starts), 10)
-        for row, s, length in zip(w.audio, starts, lengths):
+        for row, s, length in zip(w.audio, starts, lengths, strict=False):
             torch.testing.assert_close(row[:length], wav[s : s + length])
             assert bool((row[length:] == 0).all())
 

@@ -15,9 +15,18 @@ from tests.pipeline.conftest import TINY_WINDOW, cli, popen
 
 pytestmark = pytest.mark.slow
 
-DISTILL = ["stage=distill", "run_name=t", "distill.batch_size=4", "sampler.num_samples=16", "distill.epochs=3",
-           "distill.warm_up_len=1", "trainer.num_workers=0", "trainer.deterministic=true",
-           "distill.bn_recalibration_items=16", "distill.log_indices=true"]
+DISTILL = [
+    "stage=distill",
+    "run_name=t",
+    "distill.batch_size=4",
+    "sampler.num_samples=16",
+    "distill.epochs=3",
+    "distill.warm_up_len=1",
+    "trainer.num_workers=0",
+    "trainer.deterministic=true",
+    "distill.bn_recalibration_items=16",
+    "distill.log_indices=true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +34,13 @@ def prepared(tiny_corpus, tmp_path_factory) -> Path:
     """A run folder with precompute + cluster (K=3) done."""
     root = tmp_path_factory.mktemp("distill")
     common = ["run_name=t", f"paths.output_root={root}"]
-    res = cli("stage=precompute", *common, f"precompute.manifest={tiny_corpus}", "precompute.valid_fraction=0.2",
-              *TINY_WINDOW)
+    res = cli(
+        "stage=precompute",
+        *common,
+        f"precompute.manifest={tiny_corpus}",
+        "precompute.valid_fraction=0.2",
+        *TINY_WINDOW,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     res = cli("stage=cluster", *common, "cluster.k=3")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -40,7 +54,9 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 def final_state(root: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    ckpt = torch.load(root / "t" / "distill" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(
+        root / "t" / "distill" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     return int(ckpt["global_step"]), ckpt["state_dict"]
 
 
@@ -57,8 +73,9 @@ def test_distill_trains_and_records(uninterrupted):
     assert done["steps"] == 12 and done["updates_per_epoch"] == 4 and done["sampler"] == "bds"
     assert done["clusters"] == 3 and len(done["history"]) == 3
     assert all(-1.0 <= row["val/cosine"] <= 1.0 for row in done["history"])
-    ckpt = torch.load(uninterrupted / "t" / "distill" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=True)
+    ckpt = torch.load(
+        uninterrupted / "t" / "distill" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     assert ckpt["ssondo_train_config"]["student"]["name"] == "mobilenetv3"
     assert any(k.startswith("student.classification_head.mlp.3") for k in ckpt["state_dict"])
     assert (uninterrupted / "t" / "distill" / "logs" / "metrics.csv").exists()
@@ -94,8 +111,14 @@ def test_killed_run_resumes_to_the_same_weights(prepared, uninterrupted, tmp_pat
 
 def test_two_process_ddp_on_cpu_splits_the_stream(prepared, tmp_path):
     root = copy_run(prepared, tmp_path)
-    res = cli(*DISTILL, f"paths.output_root={root}", "distill.epochs=1", "trainer.devices=2",
-              "trainer.strategy=ddp", timeout=900)
+    res = cli(
+        *DISTILL,
+        f"paths.output_root={root}",
+        "distill.epochs=1",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     out = root / "t" / "distill"
     streams = []

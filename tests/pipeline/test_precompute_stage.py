@@ -19,9 +19,17 @@ pytestmark = pytest.mark.slow
 
 
 def args(manifest: Path, root: Path, *extra: str) -> list[str]:
-    return ["stage=precompute", "run_name=t", f"paths.output_root={root}", f"precompute.manifest={manifest}",
-            "precompute.clips_per_shard=2", "precompute.batch_size=8", "precompute.num_workers=1",
-            *TINY_WINDOW, *extra]
+    return [
+        "stage=precompute",
+        "run_name=t",
+        f"paths.output_root={root}",
+        f"precompute.manifest={manifest}",
+        "precompute.clips_per_shard=2",
+        "precompute.batch_size=8",
+        "precompute.num_workers=1",
+        *TINY_WINDOW,
+        *extra,
+    ]
 
 
 def store_content(root: Path) -> tuple[list, np.ndarray, list]:
@@ -36,7 +44,7 @@ def assert_same_store(a: Path, b: Path) -> None:
     kb, eb, ab = store_content(b)
     assert ka == kb
     np.testing.assert_array_equal(ea, eb)
-    for x, y in zip(aa, ab):
+    for x, y in zip(aa, ab, strict=False):
         np.testing.assert_array_equal(x, y)
 
 
@@ -58,8 +66,10 @@ def test_precompute_records_bad_clips_and_counts(reference):
     assert len(keys) == counts["windows"] >= 24
     assert emb.shape[1] == 768 and np.isfinite(emb).all()
     assert all(a.shape == (32000,) for a in audio)
-    failures = [json.loads(line) for line in
-                (reference / "t" / "precompute" / "failures.rank0.jsonl").read_text().splitlines()]
+    failures = [
+        json.loads(line)
+        for line in (reference / "t" / "precompute" / "failures.rank0.jsonl").read_text().splitlines()
+    ]
     assert sorted(f["clip_id"] for f in failures) == ["corrupt", "silent"]
 
 
@@ -75,7 +85,7 @@ def test_sigkill_at_three_moments_then_resume_gives_the_same_store(tiny_corpus, 
     commits = root / "t" / "precompute" / "store" / "_commits"
     store_dir = commits.parent
     killed_mid_run = 0
-    for attempt in range(3):
+    for _ in range(3):
         # Kill at a random moment: after a random number of newly committed shards plus a random delay.
         before = len(list(commits.glob("*.json"))) if commits.exists() else 0
         target = before + rng.randint(0, 3)
@@ -103,8 +113,13 @@ def test_sigkill_at_three_moments_then_resume_gives_the_same_store(tiny_corpus, 
 
 def test_two_ranks_give_the_same_store_as_one(tiny_corpus, reference, tmp_path):
     root = tmp_path / "ddp"
-    procs = [popen(*args(tiny_corpus, root, "precompute.merge_timeout_s=300"),
-                   env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}) for r in range(2)]
+    procs = [
+        popen(
+            *args(tiny_corpus, root, "precompute.merge_timeout_s=300"),
+            env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
+        )
+        for r in range(2)
+    ]
     for p in procs:
         assert p.wait(timeout=600) == 0
     assert_same_store(reference, root)
