@@ -39,7 +39,7 @@ def main() -> None:
     sync = (lambda: None) if smoke else torch.cuda.synchronize
     amp = "cpu" if smoke else "cuda"
     B_T, B_S, N_KM = (4, 4, 2000) if smoke else (64, 120, 100_000)
-    out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    out: dict = {"device": "cpu" if smoke else torch.cuda.get_device_name(0), "torch": torch.__version__}
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
