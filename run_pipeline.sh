@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-.venv/bin/python}"
 export WANDB_MODE="${WANDB_MODE:-offline}"
-ARGS=(experiment=demo "$@")
+ARGS=("$@")
+# experiment=demo unless the caller chose another recipe (e.g. experiment=demo_long).
+[[ " $* " == *" experiment="* ]] || ARGS=(experiment=demo "$@")
 
 stage() {
   local name=$1

@@ -143,3 +143,10 @@ def test_slurm_launcher_config_composes(compose):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.max_num_timeout == 5
+
+
+def test_experiment_values_override_the_defaults(compose):
+    cfg = compose(["stage=distill", "experiment=demo_long"])
+    assert cfg.run_name == "demo_long" and cfg.distill.epochs == 44 and cfg.distill.target_norm == "zscore"
+    cfg = compose(["stage=distill", "experiment=matpac_mobilenetv3_bds50", "run_name=mine"])
+    assert cfg.run_name == "mine" and cfg.teacher.name == "matpac" and cfg.cluster.k == 50

@@ -1,7 +1,8 @@
 """stage=distill: train a student + projector to align with the stored teacher embeddings.
 
 Lightning runs the loop (DDP, mixed precision, gradient clipping); this stage resolves the data of the run
-(store, splits, cluster ids), builds the model, and owns the run folder: checkpoints (``last.ckpt`` + best-k
+(store, splits, cluster ids, and the corpus labels when ``loss.label_weight`` > 0 or
+``sampler=class_balanced``), builds the model, and owns the run folder: checkpoints (``last.ckpt`` + best-k
 by validation loss, each with the resolved config), CSV / wandb logs, and auto-resume from ``last.ckpt`` when
 the same command runs again (also after a SLURM requeue).
 """
@@ -49,6 +50,42 @@ def _load_clusters(ctx: StageContext, keys: list[tuple[str, int]], required: boo
     return ids, int(ids.max()) + 1
 
 
+def _load_window_labels(manifest, keys: list[tuple[str, int]], train_idx):
+    """Per-window labels from the corpus manifest: (class_names, (N, C) sparse matrix).
+
+    Raises:
+        StageError: no training window's clip carries a label.
+    """
+    from ssondo_train.training.data import window_label_matrix
+
+    stored = {cid for cid, _ in keys}
+    clip_labels = {c.clip_id: c.labels for c in manifest if c.clip_id in stored and c.labels}
+    class_names = sorted({label for labels in clip_labels.values() for label in labels})
+    train_clips = {keys[i][0] for i in train_idx}
+    labelled_train = sum(1 for cid in train_clips if cid in clip_labels)
+    if labelled_train == 0:
+        raise StageError(
+            "loss.label_weight > 0 or sampler=class_balanced needs labelled clips, but no training clip of "
+            "the store has a label in the corpus manifest (its 'labels' column is empty); fill the labels "
+            "column (';'-separated class names) or set loss.label_weight=0 with sampler=bds|random"
+        )
+    if labelled_train < len(train_clips):
+        log.warning(
+            "%d of %d training clips have no label: the label loss treats them as all-negative "
+            "(sampler=class_balanced never draws them)",
+            len(train_clips) - labelled_train,
+            len(train_clips),
+        )
+    matrix = window_label_matrix(keys, clip_labels, class_names)
+    log.info(
+        "labels: %d classes over %d labelled training clips (%d windows with labels)",
+        len(class_names),
+        labelled_train,
+        int((matrix.getnnz(axis=1) > 0).sum()),
+    )
+    return class_names, matrix
+
+
 def build_student_model(scfg, teacher_dim: int):
     """Backbone + projector from the ``student`` config group."""
     from ssondo_train.students import build_student_with_projector, load_imagenet_init
@@ -83,7 +120,17 @@ class _EpochHistory:
                     return
                 m = trainer.callback_metrics
                 row = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
-                for k in ("val/cosine", "val/kd_loss", "val/cosine_of_mean_target", "train/kd_loss_epoch"):
+                for k in (
+                    "val/cosine",
+                    "val/kd_loss",
+                    "val/cosine_of_mean_target",
+                    "train/kd_loss_epoch",
+                    "val/label_loss",
+                    "val/total_loss",
+                    "val/mAP",
+                    "val/accuracy",
+                    "train/label_loss_epoch",
+                ):
                     if k in m:
                         row[k] = round(float(m[k]), 5)
                 history.rows.append(row)
@@ -113,7 +160,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ssondo_train.store import open_store
     from ssondo_train.students.frontend import StudentFrontEnd
     from ssondo_train.training.data import STUDENT_SAMPLE_RATE, DistillData, DistillDataModule
-    from ssondo_train.training.module import DistillModule, OptimConfig, TargetNorm
+    from ssondo_train.training.module import DistillModule, LabelTask, OptimConfig, TargetNorm
     from ssondo_train.training.schedule import WarmupRampdown
     from ssondo_train.utils.io import read_json
 
@@ -123,11 +170,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     loss_cfg = to_schema("loss", ctx.cfg.loss, LossConfig)
     sampler_cfg = to_schema("sampler", ctx.cfg.sampler, SamplerConfig)
     student_cfg = to_schema("student", ctx.cfg.student, StudentConfig)
-    if sampler_cfg.name == "class_balanced":
-        raise StageError(
-            "sampler=class_balanced is for the supervised baseline, which needs labelled clips; "
-            "use sampler=bds or sampler=random for distillation"
-        )
+    label_weight = float(loss_cfg.label_weight)
+    needs_labels = label_weight > 0 or sampler_cfg.name == "class_balanced"
     seed = int(ctx.cfg.seed)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(trainer_cfg.float32_matmul_precision)
@@ -154,15 +198,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     window_samples = round(window_s * STUDENT_SAMPLE_RATE)
     clip_paths: dict[str, str] = {}
-    if store.audio_codec is None:
+    class_names: list[str] = []
+    labels = None
+    if store.audio_codec is None or needs_labels:
         from ssondo_train.data.manifest import CORPUS_MANIFEST, read_manifest
 
+        # The manifest precompute read: it holds the audio paths and the labels of the stored clips.
         manifest_path = (
             pre_done["config"]["precompute"]["manifest"] or ctx.stage_dir("prepare") / CORPUS_MANIFEST
         )
         manifest = read_manifest(manifest_path)
-        clip_paths = {c.clip_id: str(manifest.abs_path(c)) for c in manifest}
-    data = DistillData(pre / STORE_DIR, train_idx, val_idx, clusters, window_samples, clip_paths)
+        if store.audio_codec is None:
+            clip_paths = {c.clip_id: str(manifest.abs_path(c)) for c in manifest}
+        if needs_labels:
+            class_names, labels = _load_window_labels(manifest, keys, train_idx)
+    data = DistillData(
+        pre / STORE_DIR, train_idx, val_idx, clusters, window_samples, clip_paths, labels, class_names
+    )
 
     world = int(trainer_cfg.num_nodes) * (
         int(trainer_cfg.devices) if str(trainer_cfg.devices).isdigit() else 1
@@ -217,6 +269,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         recalibration_items=int(cfg.bn_recalibration_items),
         seed=seed,
         index_log_dir=str(ctx.out_dir) if cfg.log_indices else None,
+        label_task=(
+            LabelTask(tuple(class_names), label_weight, loss_cfg.label_loss) if label_weight > 0 else None
+        ),
     )
 
     # ---- run folder: checkpoints, loggers, resume --------------------------------------------------------
@@ -249,11 +304,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
             id_file.write_text(wandb_logger.experiment.id)
         loggers.append(wandb_logger)
     history = _EpochHistory()
+    # The best checkpoints are ranked by the loss the run optimises.
+    monitor = (
+        "val/kd_loss" if label_weight == 0 else "val/label_loss" if label_weight == 1 else "val/total_loss"
+    )
     callbacks = [
         ModelCheckpoint(
             dirpath=str(ckpt_dir),
             filename="epoch{epoch:03d}-step{step:06d}",
-            monitor="val/kd_loss",
+            monitor=monitor,
             mode="min",
             save_top_k=int(cfg.save_top_k),
             save_last=True,
@@ -292,12 +351,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary_rows = history.rows
     first = summary_rows[0] if summary_rows else {}
     final = summary_rows[-1] if summary_rows else {}
-    figures = {
-        "summary": (
-            f"distill: {student_cfg.name} <- {store.meta['teacher']['name']}, {trainer.global_step} updates; "
-            f"val cosine {first.get('val/cosine')} -> {final.get('val/cosine')} "
+    summary = f"distill: {student_cfg.name} <- {store.meta['teacher']['name']}, {trainer.global_step} updates"
+    if label_weight < 1:
+        summary += (
+            f"; val cosine {first.get('val/cosine')} -> {final.get('val/cosine')} "
             f"(mean-target baseline {final.get('val/cosine_of_mean_target')})"
-        ),
+        )
+    if label_weight > 0:
+        summary += f"; label loss λ={label_weight}, val mAP {first.get('val/mAP')} -> {final.get('val/mAP')}"
+    figures = {
+        "summary": summary,
         "student": student_cfg.name,
         "teacher": store.meta["teacher"],
         "steps": int(trainer.global_step),
@@ -308,6 +371,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "clusters": k,
         "sampler": sampler_cfg.name,
         "loss": loss_cfg.name,
+        "label_weight": label_weight,
+        "label_loss": loss_cfg.label_loss if label_weight > 0 else None,
+        "classes": class_names,
         "target_norm": cfg.target_norm,
         "history": summary_rows,
         "checkpoints": {
@@ -339,5 +405,8 @@ STAGE = Stage(
     run=run,
     config_keys=("distill", "student", "loss", "sampler", "trainer", "seed"),
     requires=("precompute",),
-    description="train a student + projector on the teacher store (BDS or random sampling, Lightning)",
+    description=(
+        "train a student + projector on the teacher store (BDS, random or class-balanced sampling, optional "
+        "label loss; Lightning)"
+    ),
 )

@@ -142,8 +142,12 @@ class ContextGen(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, C, F, T) -> (context (N, H), a_f logits (N, E, F', 1), a_t logits (N, E, 1, T'))."""
         f, t = x.shape[2], x.shape[3]
-        freq_profile = x.mean(3, keepdim=True)  # (N, C, F, 1)
-        time_profile = x.mean(2, keepdim=True).transpose(2, 3)  # (N, C, T, 1)
+        # Adaptive average pooling, not Tensor.mean: on CPU it sums each row sequentially in float32 before
+        # dividing, whereas mean() uses a vectorised pairwise sum. The ~1e-6 relative difference in these
+        # profiles is the only rounding gap to EfficientAT/ssondo, and the dynamic blocks amplify it to ~3e-5
+        # at the embedding. Both are per-(example, channel) reductions, so the result is batch-independent.
+        freq_profile = F.adaptive_avg_pool2d(x, (None, 1))  # (N, C, F, 1)
+        time_profile = F.adaptive_avg_pool2d(x, (1, None)).transpose(2, 3)  # (N, C, T, 1)
         joint = self.joint_act(
             self.joint_norm(self.joint_conv(torch.cat([freq_profile, time_profile], dim=2)))
         )

@@ -3,14 +3,17 @@
 Every example is one stored window: its teacher embedding and the student-rate (32 kHz) waveform of exactly
 the same time span of the same clip (upstream paired a central crop for the teacher with the first 10 s for
 the student). The audio comes from the store when precompute kept it, otherwise from the manifest's file.
-Training draws a fixed number of windows per epoch with replacement (BDS or uniform), split across ranks.
+Training draws a fixed number of windows per epoch with replacement (BDS, uniform or class-balanced), split
+across ranks. When the run trains a label head, each window also carries its clip's multi-hot labels.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -18,20 +21,60 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssondo_train.sampling import EpochSampler, cluster_balanced_weights, uniform_weights
+from ssondo_train.sampling.weights import class_balanced_weights
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 log = logging.getLogger(__name__)
 
 STUDENT_SAMPLE_RATE = 32000
 
 
+def window_label_matrix(
+    keys: Sequence[tuple[str, int]],
+    clip_labels: Mapping[str, Sequence[str]],
+    class_names: Sequence[str],
+) -> csr_matrix:
+    """Multi-hot labels per stored window: a window inherits the labels of its clip.
+
+    Args:
+        keys: (N,) ``(clip_id, window)`` of every stored window, in store order.
+        clip_labels: clip_id -> label names (clips missing here, or with no label, get an all-zero row).
+        class_names: the class order (column c is ``class_names[c]``).
+
+    Returns:
+        (N, C) ``scipy.sparse.csr_matrix`` of float32 0/1 (sparse: AudioSet has ~2 M windows x 527 classes).
+
+    Raises:
+        ValueError: a clip carries a label that is not in ``class_names``.
+    """
+    from scipy.sparse import csr_matrix
+
+    column = {name: c for c, name in enumerate(class_names)}
+    per_clip: dict[str, list[int]] = {}
+    for clip_id, names in clip_labels.items():
+        unknown = [n for n in names if n not in column]
+        if unknown:
+            raise ValueError(f"clip {clip_id}: labels {unknown} are not in the class list")
+        per_clip[clip_id] = sorted(column[n] for n in names)
+    rows = [per_clip.get(clip_id, []) for clip_id, _ in keys]
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=indptr[1:])
+    indices = np.fromiter((c for r in rows for c in r), dtype=np.int32, count=int(indptr[-1]))
+    values = np.ones(len(indices), dtype=np.float32)
+    return csr_matrix((values, indices, indptr), shape=(len(rows), len(class_names)))
+
+
 class WindowDataset(Dataset):
-    """Global window index -> {"audio" (n,), "target" (D,), "cluster" (), "index" ()}.
+    """Global window index -> {"audio" (n,), "target" (D,), "cluster" (), "index" ()} (+ "labels" (C,)).
 
     Args:
         store_root: teacher store folder (opened lazily in each worker).
         clusters: (N,) cluster id per window (zeros when unknown).
         window_samples: student samples per window (audio is padded/cut to this length).
         clip_paths: clip_id -> audio file, used when the store holds no audio.
+        labels: (N, C) sparse multi-hot labels per window (:func:`window_label_matrix`) or None.
     """
 
     def __init__(
@@ -40,11 +83,13 @@ class WindowDataset(Dataset):
         clusters: np.ndarray,
         window_samples: int,
         clip_paths: dict[str, str] | None = None,
+        labels: csr_matrix | None = None,
     ) -> None:
         self.store_root = str(store_root)
         self.clusters = clusters.astype(np.int64)
         self.window_samples = int(window_samples)
         self.clip_paths = clip_paths or {}
+        self.labels = labels
         self._store = None
 
     @property
@@ -81,12 +126,15 @@ class WindowDataset(Dataset):
         if audio.shape[0] < n:
             audio = np.pad(audio, (0, n - audio.shape[0]))
         target = self.store.get_embeddings([int(i)])[0].astype(np.float32)
-        return {
+        item = {
             "audio": torch.from_numpy(np.ascontiguousarray(audio[:n])),
             "target": torch.from_numpy(target),
             "cluster": torch.tensor(self.clusters[i]),
             "index": torch.tensor(int(i)),
         }
+        if self.labels is not None:
+            item["labels"] = torch.from_numpy(self.labels[int(i)].toarray()[0].astype(np.float32))
+        return item
 
 
 class _IndexMap(torch.utils.data.Sampler[int]):
@@ -109,7 +157,11 @@ class _IndexMap(torch.utils.data.Sampler[int]):
 
 @dataclass
 class DistillData:
-    """What the stage resolved about the data: indices per split, cluster ids, sampling weights."""
+    """What the stage resolved about the data: indices per split, cluster ids, optional labels.
+
+    ``labels`` is the (N, C) sparse multi-hot matrix over all stored windows (None when the run uses no
+    labels) and ``class_names`` its column order.
+    """
 
     store_root: Path
     train_idx: np.ndarray
@@ -117,11 +169,14 @@ class DistillData:
     clusters: np.ndarray
     window_samples: int
     clip_paths: dict[str, str]
+    labels: csr_matrix | None = None
+    class_names: list[str] = field(default_factory=list)
 
 
 class DistillDataModule(L.LightningDataModule):
     """Train loader: ``sampler`` draws ``num_samples`` training windows per epoch with replacement
-    (``bds``: equal mass per cluster; ``random``: uniform), split across ranks. Val loader: every held-out
+    (``bds``: equal mass per cluster; ``random``: uniform; ``class_balanced``: per-class weight
+    1000 / (100 + n_c) summed over a window's labels), split across ranks. Val loader: every held-out
     window once."""
 
     def __init__(
@@ -142,11 +197,19 @@ class DistillDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.pin_memory = pin_memory
-        self.dataset = WindowDataset(data.store_root, data.clusters, data.window_samples, data.clip_paths)
+        self.dataset = WindowDataset(
+            data.store_root, data.clusters, data.window_samples, data.clip_paths, data.labels
+        )
 
     def train_weights(self) -> np.ndarray:
+        """(n_train,) sampling weights of the training windows (not necessarily normalised)."""
         if self.sampler_name == "bds":
             return cluster_balanced_weights(self.data.clusters[self.data.train_idx])
+        if self.sampler_name == "class_balanced":
+            if self.data.labels is None:
+                raise ValueError("sampler=class_balanced needs per-window labels")
+            # Windows of unlabelled clips get weight 0 and are never drawn.
+            return class_balanced_weights(self.data.labels[self.data.train_idx])
         return uniform_weights(len(self.data.train_idx))
 
     def _loader(self, sampler, shuffle: bool = False) -> DataLoader:

@@ -2,6 +2,10 @@
 
 Batches arrive as dicts of raw material (student-rate audio windows and teacher targets); the log-mel is
 computed batched on the training device in ``on_after_batch_transfer``, not per sample in the workers.
+
+Optionally (``LabelTask``) a separate linear label head on the mean-over-segments backbone embedding is
+trained on the corpus labels, and the objective becomes ``λ · label + (1 − λ) · kd`` (:class:`CombinedLoss`);
+λ = 1 is the supervised baseline (no distillation term at all).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssondo_train.losses.base import DistillLoss, MixInfo
+from ssondo_train.losses.label import CombinedLoss, LabelLoss
 from ssondo_train.training.batchnorm import recalibrate_batchnorm
 from ssondo_train.training.schedule import WarmupRampdown
 
@@ -84,6 +89,46 @@ class TargetNorm(nn.Module):
             self.scale.fill_(float(self.target_rms) / mean_pred_norm)
 
 
+@dataclass(frozen=True)
+class LabelTask:
+    """The optional supervised term.
+
+    Attributes:
+        class_names: the label head's output order (C classes).
+        weight: λ in (0, 1]; the objective is ``λ · label + (1 − λ) · kd``.
+        kind: ``bce`` (multi-label) or ``ce`` (single-label; multi-hot rows are normalised to sum to 1).
+    """
+
+    class_names: tuple[str, ...]
+    weight: float
+    kind: str = "bce"
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            raise ValueError("LabelTask: no classes")
+        if not 0.0 < float(self.weight) <= 1.0:
+            raise ValueError(f"LabelTask: weight must be in (0, 1], got {self.weight!r}")
+
+
+def macro_average_precision(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """Macro average precision over the classes that have at least one positive.
+
+    Args:
+        scores: (N, C) scores (higher = more likely).
+        labels: (N, C) 0/1 targets.
+
+    Returns:
+        (mAP, number of classes averaged); (nan, 0) when no class has a positive.
+    """
+    from sklearn.metrics import average_precision_score
+
+    positive = labels.sum(axis=0) > 0
+    if not positive.any():
+        return float("nan"), 0
+    aps = [average_precision_score(labels[:, c], scores[:, c]) for c in np.flatnonzero(positive)]
+    return float(np.mean(aps)), int(positive.sum())
+
+
 SCALE_FREE_LOSSES = ("cosine", "clap", "contrastive", "cluster_aware", "neg_clusters", "hybrid")
 
 
@@ -101,6 +146,8 @@ class DistillModule(L.LightningModule):
         config: the full resolved run config, stored in every checkpoint.
         recalibration_batches: callable returning training audio batches for BN recalibration before each
             validation, or None to keep the running statistics as trained.
+        label_task: adds ``label_head`` (Linear(emb_size, C) on the mean-over-segments backbone embedding,
+            never the KD projector) and mixes its loss with λ; batches must then carry ``labels`` (B, C).
     """
 
     def __init__(
@@ -117,11 +164,25 @@ class DistillModule(L.LightningModule):
         recalibration_items: int = 512,
         seed: int = 0,
         index_log_dir: str | None = None,
+        label_task: LabelTask | None = None,
     ) -> None:
         super().__init__()
         self.student = student
         self.frontend = frontend
         self.loss = loss
+        self.label_task = label_task
+        self.label_weight = float(label_task.weight) if label_task is not None else 0.0
+        if label_task is not None:
+            # Named label_head so its checkpoint keys never collide with the strict ``student.*`` loading.
+            self.label_head: nn.Linear | None = nn.Linear(int(student.emb_size), len(label_task.class_names))
+            self.label_loss: LabelLoss | None = LabelLoss(label_task.kind)  # type: ignore[arg-type]
+        else:
+            self.label_head = None
+            self.label_loss = None
+        # Neither loss holds parameters or buffers, so this adds no state-dict keys.
+        self.objective = CombinedLoss(
+            loss if self.label_weight < 1.0 else None, self.label_loss, self.label_weight
+        )
         self.target_norm = target_norm
         self.optim = optim
         self.mixup_alpha = float(mixup_alpha)
@@ -135,7 +196,40 @@ class DistillModule(L.LightningModule):
         self._pred_norm_sum = 0.0
         self._pred_norm_count = 0
         self._val_mean_cos: list[Tensor] = []
+        self._val_scores: list[Tensor] = []
+        self._val_labels: list[Tensor] = []
         self._tick: float | None = None
+
+    @property
+    def uses_kd(self) -> bool:
+        """False for the supervised baseline (λ = 1): no projector output, no teacher targets in the loss."""
+        return self.label_weight < 1.0
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters())
+        if self.label_head is not None:
+            params += list(self.label_head.parameters())
+        return params
+
+    def _label_logits(self, emb: Tensor) -> Tensor:
+        """(B, S, E) backbone embeddings -> (B, C) label logits."""
+        assert self.label_head is not None
+        return self.label_head(emb.mean(dim=1))
+
+    def _label_targets(self, batch: dict[str, Tensor]) -> Tensor:
+        labels = batch.get("labels")
+        if labels is None:
+            raise ValueError("the label head needs batches with 'labels' (B, C)")
+        labels = labels.float()
+        if self.label_task is not None and self.label_task.kind == "ce":
+            # Cross-entropy wants a distribution: a multi-label row shares its mass equally.
+            labels = labels / labels.sum(dim=-1, keepdim=True).clamp_min(1.0)
+        return labels
+
+    def _label_scores(self, logits: Tensor) -> Tensor:
+        assert self.label_task is not None
+        logits = logits.float()
+        return torch.softmax(logits, dim=-1) if self.label_task.kind == "ce" else torch.sigmoid(logits)
 
     # ---- data on device ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -168,13 +262,31 @@ class DistillModule(L.LightningModule):
             with open(f"{self.index_log_dir}/indices.rank{self.global_rank}.txt", "a") as fh:
                 fh.write(f"{self.global_step} " + " ".join(map(str, batch["index"].tolist())) + "\n")
         logmel, mix = self._mix(batch["logmel"])
-        proj, _ = self.student(logmel)
-        target = self.target_norm(batch["target"].float())
-        loss = self.loss(proj.float(), target, batch.get("cluster"), mix)
-        self._pred_norm_sum += float(proj.detach().float().norm(dim=-1).sum())
-        self._pred_norm_count += int(proj.shape[0])
+        proj: Tensor | None = None
+        target: Tensor | None = None
+        if self.uses_kd:
+            proj, emb = self.student(logmel)
+            target = self.target_norm(batch["target"].float())
+            self._pred_norm_sum += float(proj.detach().float().norm(dim=-1).sum())
+            self._pred_norm_count += int(proj.shape[0])
+            proj = proj.float()
+        else:  # supervised baseline: the projector is not run at all
+            emb = self.student.model(logmel)
+        label_logits = labels = None
+        if self.label_head is not None:
+            label_logits, labels = self._label_logits(emb), self._label_targets(batch)
+        out = self.objective(
+            proj, target, label_logits=label_logits, labels=labels, clusters=batch.get("cluster"), mix=mix
+        )
+        loss = out.total
         bsz = logmel.shape[0]
-        self.log("train/kd_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
+        if out.kd is not None:
+            self.log("train/kd_loss", out.kd, on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
+        if out.label is not None:
+            self.log(
+                "train/label_loss", out.label, on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz
+            )
+        self.log("train/total_loss", loss, on_step=True, on_epoch=True, batch_size=bsz)
         self.log(
             "lr",
             self.trainer.optimizers[0].param_groups[0]["lr"],
@@ -200,7 +312,7 @@ class DistillModule(L.LightningModule):
         torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2**63 - 1))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for p in self.student.parameters() if p.grad is not None]
+        norms = [p.grad.detach().norm(2) for p in self.trainable_parameters() if p.grad is not None]
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm(2), on_step=True, on_epoch=False)
 
@@ -214,19 +326,72 @@ class DistillModule(L.LightningModule):
             recalibrate_batchnorm(self.student.model, batches, max_items=self.recalibration_items)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        proj, _ = self.student(batch["logmel"])
-        teacher = batch["target"].float()
-        loss = self.loss(proj.float(), self.target_norm(teacher), batch.get("cluster"), None)
-        self.log(
-            "val/kd_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=teacher.shape[0]
+        bsz = batch["logmel"].shape[0]
+        kd_loss: Tensor | None = None
+        if self.uses_kd:
+            proj, emb = self.student(batch["logmel"])
+            teacher = batch["target"].float()
+            kd_loss = self.loss(proj.float(), self.target_norm(teacher), batch.get("cluster"), None)
+            self.log("val/kd_loss", kd_loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=bsz)
+            pred = self.target_norm.inverse(proj.float())
+            self._val_cos.append(F.cosine_similarity(pred, teacher, dim=-1).detach())
+            mean = self.target_norm.mean.expand_as(teacher) if self.target_norm.mode != "none" else None
+            if mean is not None:
+                self._val_mean_cos.append(F.cosine_similarity(mean, teacher, dim=-1).detach())
+        else:
+            emb = self.student.model(batch["logmel"])
+        if self.label_head is None or self.label_loss is None:
+            return
+        logits = self._label_logits(emb)
+        labels = self._label_targets(batch)
+        label_loss = self.label_loss(logits, labels)
+        self.log("val/label_loss", label_loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=bsz)
+        lam = self.label_weight
+        total = label_loss if kd_loss is None else lam * label_loss + (1.0 - lam) * kd_loss
+        self.log("val/total_loss", total, on_epoch=True, sync_dist=True, batch_size=bsz)
+        self._val_scores.append(self._label_scores(logits).detach())
+        self._val_labels.append((batch["labels"] > 0).float().detach())
+
+    def _gather_rows(self, x: Tensor) -> Tensor:
+        """Concatenate (n_r, C) tensors of all ranks (n_r may differ by rank)."""
+        if self.trainer is None or self.trainer.world_size <= 1:
+            return x
+        n = torch.tensor([x.shape[0]], device=x.device)
+        sizes = self.all_gather(n).reshape(-1)
+        longest = int(sizes.max())
+        padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        padded[: x.shape[0]] = x
+        gathered = self.all_gather(padded)  # (world, longest, C)
+        return torch.cat([gathered[r, : int(sizes[r])] for r in range(gathered.shape[0])])
+
+    def _log_label_metrics(self) -> None:
+        """val/mAP (macro over classes with positives) and, for single-label data, val/accuracy."""
+        if self.label_head is None:
+            return
+        c = self.label_head.out_features
+        local_scores = (
+            torch.cat(self._val_scores) if self._val_scores else torch.zeros(0, c, device=self.device)
         )
-        pred = self.target_norm.inverse(proj.float())
-        self._val_cos.append(F.cosine_similarity(pred, teacher, dim=-1).detach())
-        mean = self.target_norm.mean.expand_as(teacher) if self.target_norm.mode != "none" else None
-        if mean is not None:
-            self._val_mean_cos.append(F.cosine_similarity(mean, teacher, dim=-1).detach())
+        local_labels = (
+            torch.cat(self._val_labels) if self._val_labels else torch.zeros(0, c, device=self.device)
+        )
+        scores = self._gather_rows(local_scores.float()).cpu().numpy()
+        labels = self._gather_rows(local_labels.float()).cpu().numpy()
+        self._val_scores.clear()
+        self._val_labels.clear()
+        if scores.shape[0] == 0:
+            return
+        m_ap, n_classes = macro_average_precision(scores, labels)
+        if n_classes:
+            # Same value on every rank (computed on the gathered arrays), so no sync needed.
+            self.log("val/mAP", m_ap, prog_bar=True)
+            self.log("val/mAP_classes", float(n_classes))
+        if (labels.sum(axis=1) == 1).all():
+            acc = float((scores.argmax(axis=1) == labels.argmax(axis=1)).mean())
+            self.log("val/accuracy", acc)
 
     def on_validation_epoch_end(self) -> None:
+        self._log_label_metrics()
         if self._val_cos:
             cos = torch.cat(self._val_cos).mean()
             self.log("val/cosine", cos, prog_bar=True, sync_dist=True)
@@ -239,7 +404,7 @@ class DistillModule(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         opt = torch.optim.Adam(
-            self.student.parameters(),
+            self.trainable_parameters(),
             lr=self.optim.lr,
             betas=tuple(self.optim.betas),
             weight_decay=self.optim.weight_decay,
