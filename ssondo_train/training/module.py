@@ -354,7 +354,7 @@ class DistillModule(L.LightningModule):
 
     def _gather_rows(self, x: Tensor) -> Tensor:
         """Concatenate (n_r, C) tensors of all ranks (n_r may differ by rank)."""
-        if self.trainer is None or self.trainer.world_size <= 1:
+        if self.trainer.world_size <= 1:
             return x
         n = torch.tensor([x.shape[0]], device=x.device)
         sizes = self.all_gather(n).reshape(-1)
@@ -383,12 +383,12 @@ class DistillModule(L.LightningModule):
             return
         m_ap, n_classes = macro_average_precision(scores, labels)
         if n_classes:
-            # Same value on every rank (computed on the gathered arrays), so no sync needed.
-            self.log("val/mAP", m_ap, prog_bar=True)
-            self.log("val/mAP_classes", float(n_classes))
+            # Same value on every rank (computed on the gathered arrays): syncing averages equal numbers.
+            self.log("val/mAP", m_ap, prog_bar=True, sync_dist=True)
+            self.log("val/mAP_classes", float(n_classes), sync_dist=True)
         if (labels.sum(axis=1) == 1).all():
             acc = float((scores.argmax(axis=1) == labels.argmax(axis=1)).mean())
-            self.log("val/accuracy", acc)
+            self.log("val/accuracy", acc, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_label_metrics()
