@@ -19,7 +19,7 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 # State-dict prefixes a distill LightningModule writes; anything else is reported and ignored.
-CHECKPOINT_PREFIXES: tuple[str, ...] = ("student.", "target_norm.", "loss.", "frontend.")
+CHECKPOINT_PREFIXES: tuple[str, ...] = ("student.", "target_norm.", "loss.", "frontend.", "label_head.")
 
 
 @dataclass
