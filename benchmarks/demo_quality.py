@@ -1,0 +1,51 @@
+"""Demo quality: the probe results of finished demo runs, with the acceptance figures derived from them.
+
+For each run (``outputs/<run>/probe/results.json``): per-task scores of every model, the share of the
+log-mel-to-teacher gap that the distilled student closes on the cross-soundfont instrument task, the mean over
+tasks of student vs untrained student, and retention vs the teacher. Writes ``results/demo_quality.json``.
+
+    .venv/bin/python benchmarks/demo_quality.py demo demo_long
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from common import ROOT, write_result
+
+
+def summarise(run: str) -> dict:
+    probe = json.loads((ROOT / "outputs" / run / "probe" / "results.json").read_text())
+    distill = json.loads((ROOT / "outputs" / run / "distill" / "done.json").read_text())
+    res = probe["results"]
+    scores = {m: {t: round(v["mean"], 4) for t, v in tasks.items()} for m, tasks in res.items()}
+    means = {m: round(sum(s.values()) / len(s), 4) for m, s in scores.items()}
+    inst = {m: s.get("instrument_family") for m, s in scores.items()}
+    gap = None
+    if all(inst.get(k) is not None for k in ("teacher", "logmel", "student")):
+        gap = round((inst["student"] - inst["logmel"]) / (inst["teacher"] - inst["logmel"]), 3)
+    history = distill.get("history", [])
+    cfg = distill["config"]["distill"]
+    return {
+        "recipe": {"epochs": cfg["epochs"], "updates": distill["steps"], "batch_size": cfg["batch_size"],
+                   "target_norm": cfg["target_norm"], "lr": cfg["lr"], "distill_seconds": distill["seconds"]},
+        "val_cosine_first_last": [history[0].get("val/cosine"), history[-1].get("val/cosine")] if history else None,
+        "val_cosine_of_mean_target": history[-1].get("val/cosine_of_mean_target") if history else None,
+        "scores": scores,
+        "mean_over_tasks": means,
+        "instrument_gap_closed": gap,
+        "target_instrument_gap_closed": 0.5,
+        "student_mean_beats_untrained": means.get("student", 0) > means.get("untrained", 1),
+        "student_retention_pct": round(100 * means["student"] / means["teacher"], 1) if "teacher" in means else None,
+        "student_above_logmel": means.get("student", 0) > means.get("logmel", 1),
+    }
+
+
+def main() -> None:
+    runs = sys.argv[1:] or ["demo"]
+    write_result("demo_quality", {"runs": {run: summarise(run) for run in runs}})
+
+
+if __name__ == "__main__":
+    main()
