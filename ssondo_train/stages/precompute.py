@@ -78,8 +78,8 @@ class _ClipDataset:
                 self.tail,
             )
             if len(tw) == 0:
-                raise_short = f"shorter than one {self.window_s:g} s window with tail=drop"
-                out.error, out.reason = raise_short, "too_short"
+                out.error = f"shorter than one {self.window_s:g} s window with tail=drop"
+                out.reason = "too_short"
                 return out
             out.teacher = tw.audio
             out.starts = [s / self.teacher_sr for s in tw.starts]

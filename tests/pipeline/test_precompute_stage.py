@@ -125,3 +125,16 @@ def test_two_ranks_give_the_same_store_as_one(tiny_corpus, reference, tmp_path):
     assert_same_store(reference, root)
     done = json.loads((root / "t" / "precompute" / "done.json").read_text())
     assert done["counts"]["failed_clips"] == 2
+
+
+def test_clip_shorter_than_a_window_with_tail_drop_is_recorded(write_audio):
+    from ssondo_train.stages.precompute import _ClipDataset
+
+    short = write_audio("short.flac", "chirp", seconds=0.5, sr=32000)
+    long = write_audio("long.flac", "chirp", seconds=2.5, sr=32000)
+    ds = _ClipDataset([("s", str(short)), ("l", str(long))], 16000, 1.0, 1.0, "drop", 0.1, True)
+    item = ds[0]
+    assert item.reason == "too_short" and item.teacher is None and "window" in item.error
+    item = ds[1]
+    assert item.error is None and item.teacher.shape == (2, 16000) and item.student.shape == (2, 32000)
+    assert item.starts == [0.0, 1.0] and item.ends == [1.0, 2.0]
