@@ -1,4 +1,4 @@
-"""Crash-safe file helpers: fsync, atomic JSON writes, md5."""
+"""Crash-safe file helpers of the store: fsync, compact atomic JSON, md5."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+# Atomic writes and JSON reading are the package's own (utils.io); re-exported for the store modules.
+from ssondo_train.utils.io import atomic_write_bytes, fsync_dir, read_json
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir", "fsync_file", "md5_file", "read_json"]
 
 
 def fsync_file(path: str | Path) -> None:
@@ -18,40 +23,9 @@ def fsync_file(path: str | Path) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory so that a rename inside it survives a power loss (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a unique temporary name next to ``path``, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (keys in insertion order)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
-
-
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def md5_file(path: str | Path, chunk: int = 1 << 22) -> str:
