@@ -70,6 +70,34 @@ def _feature_matrix(
     return x, np.asarray(keep, dtype=np.int64)
 
 
+def fit_on_indices(
+    x: np.ndarray,
+    y: np.ndarray,
+    mask: np.ndarray | None,
+    task: ProbeTask,
+    tr: np.ndarray,
+    va: np.ndarray,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    **fit_kwargs: Any,
+):
+    """Fit the probe on rows ``tr`` of ``x`` with hyper-parameters chosen on rows ``va`` (mask rows alike)."""
+    return fit_linear_probe(
+        x[tr],
+        y[tr],
+        x[va],
+        y[va],
+        task.task_type,
+        task.n_classes,
+        device=device,
+        seed=seed,
+        mask_train=None if mask is None else mask[tr],
+        mask_val=None if mask is None else mask[va],
+        **fit_kwargs,
+    )
+
+
 def run_probe(
     features_by_clip: Mapping[str, np.ndarray],
     task: ProbeTask,
@@ -110,19 +138,7 @@ def run_probe(
     def one_run(tr: np.ndarray, va: np.ndarray, te: np.ndarray, seed: int) -> dict[str, Any]:
         if len(te) == 0 or len(tr) == 0:
             raise ValueError(f"{task.name}: empty train ({len(tr)}) or test ({len(te)}) split")
-        res = fit_linear_probe(
-            x[tr],
-            y[tr],
-            x[va],
-            y[va],
-            task.task_type,
-            task.n_classes,
-            device=device,
-            seed=seed,
-            mask_train=pick(mask, tr),
-            mask_val=pick(mask, va),
-            **fit_kwargs,
-        )
+        res = fit_on_indices(x, y, mask, task, tr, va, device=device, seed=seed, **fit_kwargs)
         score = evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te))
         return {
             "score": score,

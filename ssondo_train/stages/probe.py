@@ -382,7 +382,8 @@ def fit_export_probe(
     Returns:
         ``(ProbeResult, info)`` with ``info`` = fitted_on / n_train / n_val / test_score (or None).
     """
-    from ssondo_train.probe.head import carve_validation, evaluate, fit_linear_probe
+    from ssondo_train.probe.evaluate import fit_on_indices
+    from ssondo_train.probe.head import carve_validation, evaluate
 
     keep = [i for i, c in enumerate(task.clips) if c.clip_id in features_by_clip]
     if not keep:
@@ -420,19 +421,7 @@ def fit_export_probe(
     def pick(a: np.ndarray | None, i: np.ndarray) -> np.ndarray | None:
         return None if a is None else a[i]
 
-    res = fit_linear_probe(
-        x[tr],
-        y[tr],
-        x[va],
-        y[va],
-        task.task_type,
-        task.n_classes,
-        device=device,
-        seed=seed,
-        mask_train=pick(mask, tr),
-        mask_val=pick(mask, va),
-        **fit_kwargs,
-    )
+    res = fit_on_indices(x, y, mask, task, tr, va, device=device, seed=seed, **fit_kwargs)
     test_score = (
         evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te)) if len(te) else None
     )
