@@ -25,6 +25,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     num_workers: int = 2
     float32_matmul_precision: str = "highest"
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         check_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
@@ -266,7 +267,17 @@ class DistillConfig:
             raise ValueError(f"distill.betas must have two values, got {self.betas}")
 
 
-PROBE_FIT_KEYS = ("lrs", "weight_decays", "max_epochs", "solver", "refit", "grid_strategy", "tol")
+PROBE_FIT_KEYS = (
+    "lrs",
+    "weight_decays",
+    "max_epochs",
+    "solver",
+    "refit",
+    "grid_strategy",
+    "tol",
+    "grid_tol",
+    "path_patience",
+)
 
 
 @register_schema("probe")

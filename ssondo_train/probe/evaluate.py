@@ -18,6 +18,7 @@ The test split is never used for any choice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -70,6 +71,38 @@ def _feature_matrix(
     return x, np.asarray(keep, dtype=np.int64)
 
 
+class FitMemo:
+    """Fitted probes keyed by everything a fit depends on, so one run can reuse another's identical fit.
+
+    The stage scores a task with :func:`run_probe` and then fits the deployment head of the same task; with a
+    fixed ``valid`` split both are the same fit (the solver is deterministic) and the second is a lookup.
+    """
+
+    def __init__(self) -> None:
+        self._fits: dict[str, Any] = {}
+        self.hits = 0
+
+    @staticmethod
+    def key(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, *parts: Any) -> str:
+        h = hashlib.sha1()
+        for a in (x, y, mask):
+            if a is not None:
+                a = np.ascontiguousarray(a)
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(a.tobytes())
+        for p in parts:
+            h.update(np.ascontiguousarray(p).tobytes() if isinstance(p, np.ndarray) else repr(p).encode())
+        return h.hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        res = self._fits.get(key)
+        self.hits += res is not None
+        return res
+
+    def put(self, key: str, result: Any) -> None:
+        self._fits[key] = result
+
+
 def fit_on_indices(
     x: np.ndarray,
     y: np.ndarray,
@@ -80,10 +113,20 @@ def fit_on_indices(
     *,
     device: str = "cpu",
     seed: int = 0,
+    memo: FitMemo | None = None,
     **fit_kwargs: Any,
 ):
-    """Fit the probe on rows ``tr`` of ``x`` with hyper-parameters chosen on rows ``va`` (mask rows alike)."""
-    return fit_linear_probe(
+    """Fit the probe on rows ``tr`` of ``x`` with hyper-parameters chosen on rows ``va`` (mask rows alike).
+
+    With ``memo``, an identical earlier fit (same features, labels, rows and arguments) is returned instead.
+    """
+    key = None
+    if memo is not None:
+        key = memo.key(x, y, mask, tr, va, task.task_type, task.n_classes, sorted(fit_kwargs.items()))
+        cached = memo.get(key)
+        if cached is not None:
+            return cached
+    res = fit_linear_probe(
         x[tr],
         y[tr],
         x[va],
@@ -96,6 +139,9 @@ def fit_on_indices(
         mask_val=None if mask is None else mask[va],
         **fit_kwargs,
     )
+    if memo is not None and key is not None:
+        memo.put(key, res)
+    return res
 
 
 def run_probe(
@@ -105,6 +151,7 @@ def run_probe(
     device: str = "cpu",
     val_fraction: float = 0.1,
     allow_missing: bool = False,
+    memo: FitMemo | None = None,
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate linear probes on ``task`` with the embeddings ``features_by_clip[clip_id]`` ``(D,)``.
@@ -116,6 +163,7 @@ def run_probe(
         device: where the probe is fitted.
         val_fraction: share of the training clips carved out for validation when needed.
         allow_missing: skip clips without an embedding instead of raising.
+        memo: optional :class:`FitMemo` shared with later fits on the same features.
         **fit_kwargs: passed to :func:`fit_linear_probe` (``weight_decays``, ``max_epochs``, ``solver`` ...).
 
     Returns:
@@ -138,7 +186,7 @@ def run_probe(
     def one_run(tr: np.ndarray, va: np.ndarray, te: np.ndarray, seed: int) -> dict[str, Any]:
         if len(te) == 0 or len(tr) == 0:
             raise ValueError(f"{task.name}: empty train ({len(tr)}) or test ({len(te)}) split")
-        res = fit_on_indices(x, y, mask, task, tr, va, device=device, seed=seed, **fit_kwargs)
+        res = fit_on_indices(x, y, mask, task, tr, va, device=device, seed=seed, memo=memo, **fit_kwargs)
         score = evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te))
         return {
             "score": score,

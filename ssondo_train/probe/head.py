@@ -257,23 +257,19 @@ def _loss_per_head(
 
 
 @dataclass(frozen=True)
-class _Rotated:
-    """Features in the eigenbasis of their covariance: ``z = x @ v`` ``(N, D)``, eigenvalues ``lam``."""
+class _Design:
+    """Standardised training features ``x`` ``(N, D)`` and the eigenbasis of ``x^T x / N``: ``v``, ``lam``."""
 
+    x: torch.Tensor
     v: torch.Tensor
     lam: torch.Tensor
-    z: torch.Tensor
 
 
-def _rotate(x: torch.Tensor) -> _Rotated:
-    """Eigendecomposition of ``x^T x / N`` and the rotated design ``x @ v``.
-
-    float32 is enough: ``v`` only needs to be orthogonal (to ~1e-6) for the rotated problem to equal the
-    original one; eigenvalue errors merely make the preconditioner slightly less ideal.
-    """
-    cov = (x.T @ x) / max(len(x), 1)
-    lam, v = torch.linalg.eigh(cov)
-    return _Rotated(v=v, lam=lam.clamp_min(0.0), z=x @ v)
+def _design(x: torch.Tensor) -> _Design:
+    """float32 is enough: ``v`` only serves as a preconditioner, so its rounding errors cost at most an
+    iteration, never accuracy (the objective is evaluated on ``x`` itself)."""
+    lam, v = torch.linalg.eigh((x.T @ x) / max(len(x), 1))
+    return _Design(x=x, v=v, lam=lam.clamp_min(0.0))
 
 
 def _curvature(task_type: str, n_classes: int) -> float:
@@ -282,7 +278,7 @@ def _curvature(task_type: str, n_classes: int) -> float:
 
 
 def _solve(
-    rot: _Rotated,
+    design: _Design,
     y: torch.Tensor,
     mask: torch.Tensor | None,
     task_type: str,
@@ -294,35 +290,40 @@ def _solve(
     n_classes: int,
     tol: float,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Fit K = len(weight_decays) independent heads at once in the rotated basis.
+    """Fit K = len(weight_decays) independent heads at once: ``logits = x @ W_k + b_k``.
 
-    The model is ``logits = z @ W' + b`` with penalty ``wd/2 ||W'||^2`` (a rotation keeps the L2 norm, so this
-    is exactly the original problem with ``W = v @ W'``). The solver's variables are preconditioned:
-    ``W' = W~ / sqrt(s * lam + wd)`` and ``b = b~ / sqrt(s)``, with ``s`` the typical logit curvature, which
-    makes the Hessian close to the identity; L-BFGS then needs a few tens of iterations whatever the feature
-    correlations. Returns ``W'`` ``(K, D, C)``, ``b`` ``(K, C)`` and the number of function evaluations.
+    Objective per head: mean data loss + ``wd_k / 2 ||W_k||^2`` (bias not penalised). The solver's variables
+    are preconditioned: ``W_k = v @ (W~_k / sqrt(s * lam + wd_k))`` and ``b = b~ / sqrt(s)``, with ``s`` the
+    typical logit curvature; ``s * x^T x / N + wd * I`` approximates the Hessian in ``W`` (each class column
+    alike), so the Hessian in ``W~`` is close to the identity and L-BFGS needs a few tens of function
+    evaluations whatever the feature correlations. The data are never rotated: the two small products with
+    ``v`` cost a fraction of the ``(N, D) x (D, C)`` ones. ``init`` = ``(W (K, D, C), b (K, C))`` warm start.
+    Returns ``W`` ``(K, D, C)``, ``b`` ``(K, C)`` and the number of function evaluations.
     """
-    z = rot.z
-    n, d = z.shape
+    x, v = design.x, design.v
+    n, d = x.shape
     k = weight_decays.numel()
     s = _curvature(task_type, n_classes)
-    w_scale = (s * rot.lam.unsqueeze(0) + weight_decays.unsqueeze(1)).rsqrt().unsqueeze(2)  # (K, D, 1)
+    w_scale = (s * design.lam.unsqueeze(0) + weight_decays.unsqueeze(1)).rsqrt().unsqueeze(2)  # (K, D, 1)
     b_scale = 1.0 / math.sqrt(s)
     if init is None:
-        wt = torch.zeros(k, d, n_classes, device=z.device, dtype=z.dtype)
-        bt = torch.zeros(k, n_classes, device=z.device, dtype=z.dtype)
+        wt = torch.zeros(k, d, n_classes, device=x.device, dtype=x.dtype)
+        bt = torch.zeros(k, n_classes, device=x.device, dtype=x.dtype)
     else:
-        wt = (init[0] / w_scale).detach().clone()
-        bt = (init[1] / b_scale).detach().clone()
+        wt = ((v.T @ init[0].to(x.dtype)) / w_scale).detach().clone()
+        bt = (init[1].to(x.dtype) / b_scale).detach().clone()
     wt.requires_grad_(True)
     bt.requires_grad_(True)
     evals = 0
 
+    def weights() -> torch.Tensor:
+        return v @ (wt * w_scale)  # (K, D, C)
+
     def objective() -> torch.Tensor:
-        w = wt * w_scale
-        logits = (z @ w.permute(1, 0, 2).reshape(d, k * n_classes)).view(n, k, n_classes) + bt * b_scale
+        w = weights()
+        logits = (x @ w.permute(1, 0, 2).reshape(d, k * n_classes)).view(n, k, n_classes) + bt * b_scale
         data = _loss_per_head(logits, y, mask, task_type)
-        reg = 0.5 * (weight_decays * w.pow(2).sum(dim=(1, 2)))
+        reg = 0.5 * (weight_decays * (wt * w_scale).pow(2).sum(dim=(1, 2)))  # ||W|| = ||v^T W||
         return (data + reg).sum()
 
     if solver == "lbfgs":
@@ -356,7 +357,20 @@ def _solve(
             evals += 1
     else:
         raise ValueError(f"solver must be 'lbfgs' or 'adam', got {solver!r}")
-    return (wt * w_scale).detach(), (bt * b_scale).detach(), evals
+    with torch.no_grad():
+        return weights().detach(), (bt * b_scale).detach(), evals
+
+
+def _restandardise(
+    w: torch.Tensor, b: torch.Tensor, old: NormStats, new: NormStats
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same affine map of the raw features expressed on ``new``-standardised inputs (a warm start)."""
+    dev, dt = w.device, w.dtype
+    old_std, new_std = (torch.as_tensor(a.std, device=dev, dtype=dt) for a in (old, new))
+    old_mean, new_mean = (torch.as_tensor(a.mean, device=dev, dtype=dt) for a in (old, new))
+    w_raw = w / old_std.unsqueeze(1)
+    b_raw = b - old_mean @ w_raw
+    return w_raw * new_std.unsqueeze(1), b_raw + new_mean @ w_raw
 
 
 def _to_targets(y: np.ndarray, task_type: str, n_classes: int, device: torch.device) -> torch.Tensor:
@@ -412,6 +426,8 @@ def fit_linear_probe(
     val_fraction: float = 0.1,
     grid_strategy: Literal["auto", "path", "batched"] = "auto",
     tol: float = 1e-4,
+    grid_tol: float = 1e-3,
+    path_patience: int | None = 3,
 ) -> ProbeResult:
     """Fit a linear probe; choose ``(lr, weight_decay)`` on the validation split only, then refit.
 
@@ -431,7 +447,12 @@ def fit_linear_probe(
         solver: ``"lbfgs"`` (default) or ``"adam"``.
         refit: refit on train + validation with the chosen pair (stats recomputed on train + validation).
         grid_strategy: ``"path"``, ``"batched"`` or ``"auto"`` (see module docstring).
-        tol: L-BFGS stop when the max-abs gradient falls below it.
+        tol: L-BFGS stops when the max-abs gradient (preconditioned variables) falls below it.
+        grid_tol: the same for the grid's fits when ``refit=True`` (they only pick the weight decay; the head
+            comes from the refit, which uses ``tol``); never below ``tol``.
+        path_patience: ``"path"`` strategy: stop walking towards weaker weight decays after this many
+            consecutive points without a better validation score (None: fit the whole grid). The weakest
+            decays are the slowest to fit and, past the validation optimum, rarely the best.
 
     Returns:
         :class:`ProbeResult` with a CPU ``nn.Linear(D, C)`` acting on standardised features.
@@ -464,33 +485,55 @@ def fit_linear_probe(
     xt = torch.as_tensor(stats.apply(x_train), device=dev)
     yt = _to_targets(y_train, task_type, n_classes, dev)
     mt = _to_mask(mask_train, tuple(yt.shape), dev) if task_type == "multilabel" else None
-    rot = _rotate(xt)
-    zv = torch.as_tensor(stats.apply(x_val), device=dev) @ rot.v
+    design = _design(xt)
+    xv = torch.as_tensor(stats.apply(x_val), device=dev)
     _to_targets(y_val, task_type, n_classes, dev)  # validates shapes/ranges
 
     # strongest regularisation first: it converges fastest and is the best warm start for the next one
     wds_sorted = sorted({float(w) for w in weight_decays}, reverse=True)
     grid: list[GridPoint] = []
     fitted: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept for refit=False (K x D x C floats, small)
+    # The grid's fits only serve the choice on validation; the returned head comes from the refit when
+    # refit=True, so the grid may stop earlier.
+    fit_tol = max(tol, grid_tol) if refit else tol
+
+    def score_of(w: torch.Tensor, b: torch.Tensor) -> float:
+        with torch.no_grad():
+            return task_metric((xv @ w + b).cpu().numpy(), y_val, task_type, mask_val)
+
+    def better(a: float, b: float) -> bool:
+        return not math.isnan(a) and (math.isnan(b) or a > b)
+
     for lr in lrs:
         if grid_strategy == "batched":
             wd_t = torch.tensor(wds_sorted, device=dev, dtype=torch.float32)
-            w, b, ev = _solve(rot, yt, mt, task_type, wd_t, lr, max_epochs, solver, None, n_classes, tol)
-            fits = [(w[i], b[i], ev) for i in range(len(wds_sorted))]
-        else:
-            fits, init = [], None
-            for wd in wds_sorted:
-                wd_t = torch.tensor([wd], device=dev, dtype=torch.float32)
-                w, b, ev = _solve(rot, yt, mt, task_type, wd_t, lr, max_epochs, solver, init, n_classes, tol)
-                init = (w, b)
-                fits.append((w[0], b[0], ev))
-        with torch.no_grad():
-            for wd, (w, b, ev) in zip(wds_sorted, fits, strict=True):
-                logits = (zv @ w + b).cpu().numpy()
-                score = task_metric(logits, y_val, task_type, mask_val)
-                grid.append(GridPoint(float(lr), wd, score, ev))
-                fitted.append((w, b))
-                log.debug("probe grid lr=%g wd=%g val=%.4f evals=%d", lr, wd, score, ev)
+            w, b, ev = _solve(
+                design, yt, mt, task_type, wd_t, lr, max_epochs, solver, None, n_classes, fit_tol
+            )
+            for i, wd in enumerate(wds_sorted):
+                grid.append(GridPoint(float(lr), wd, score_of(w[i], b[i]), ev))
+                fitted.append((w[i], b[i]))
+            continue
+        init, best_score, since_best = None, math.nan, 0
+        for wd in wds_sorted:
+            wd_t = torch.tensor([wd], device=dev, dtype=torch.float32)
+            w, b, ev = _solve(
+                design, yt, mt, task_type, wd_t, lr, max_epochs, solver, init, n_classes, fit_tol
+            )
+            init = (w, b)
+            score = score_of(w[0], b[0])
+            grid.append(GridPoint(float(lr), wd, score, ev))
+            fitted.append((w[0], b[0]))
+            log.debug("probe grid lr=%g wd=%g val=%.4f evals=%d", lr, wd, score, ev)
+            if better(score, best_score):
+                best_score, since_best = score, 0
+            else:
+                since_best += 1
+                if path_patience is not None and since_best >= path_patience:
+                    log.debug(
+                        "probe grid: %d weaker weight decays without improvement, path stopped", since_best
+                    )
+                    break
 
     def key(g: GridPoint) -> tuple[float, float]:
         return (-math.inf if math.isnan(g.val_score) else g.val_score, g.weight_decay)
@@ -509,17 +552,23 @@ def fit_linear_probe(
                     np.ones(y_val.shape, bool) if mask_val is None else np.asarray(mask_val, bool),
                 ]
             )
-        stats = NormStats.fit(x_all)
-        xa = torch.as_tensor(stats.apply(x_all), device=dev)
+        stats_all = NormStats.fit(x_all)
+        xa = torch.as_tensor(stats_all.apply(x_all), device=dev)
         ya = _to_targets(y_all, task_type, n_classes, dev)
         ma = _to_mask(m_all, tuple(ya.shape), dev) if m_all is not None else None
         wd_t = torch.tensor([best.weight_decay], device=dev, dtype=torch.float32)
-        rot_all = _rotate(xa)
-        w, b, _ = _solve(rot_all, ya, ma, task_type, wd_t, best.lr, max_epochs, solver, None, n_classes, tol)
-        head = _make_head(rot_all.v @ w[0], b[0])
+        # Warm start from the selected fit; the training split's eigenbasis is a good enough preconditioner.
+        w0, b0 = _restandardise(*fitted[grid.index(best)], stats, stats_all)
+        refit_design = _Design(x=xa, v=design.v, lam=design.lam)
+        init = (w0.unsqueeze(0), b0.unsqueeze(0)) if solver == "lbfgs" else None
+        w, b, _ = _solve(
+            refit_design, ya, ma, task_type, wd_t, best.lr, max_epochs, solver, init, n_classes, tol
+        )
+        stats = stats_all
+        head = _make_head(w[0], b[0])
     else:
         w, b = fitted[grid.index(best)]
-        head = _make_head(rot.v @ w, b)
+        head = _make_head(w, b)
 
     return ProbeResult(
         head=head,

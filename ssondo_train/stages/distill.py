@@ -272,6 +272,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         label_task=(
             LabelTask(tuple(class_names), label_weight, loss_cfg.label_loss) if label_weight > 0 else None
         ),
+        channels_last=trainer_cfg.channels_last,
     )
 
     # ---- run folder: checkpoints, loggers, resume --------------------------------------------------------

@@ -370,6 +370,7 @@ def fit_export_probe(
     seed: int = 0,
     device: str = "cpu",
     val_fraction: float = 0.1,
+    memo: Any = None,
     **fit_kwargs: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """The deployment head of a task: fitted on the non-test clips with the probe protocol.
@@ -382,13 +383,11 @@ def fit_export_probe(
     Returns:
         ``(ProbeResult, info)`` with ``info`` = fitted_on / n_train / n_val / test_score (or None).
     """
-    from ssondo_train.probe.evaluate import fit_on_indices
+    from ssondo_train.probe.evaluate import _feature_matrix, fit_on_indices
     from ssondo_train.probe.head import carve_validation, evaluate
 
-    keep = [i for i, c in enumerate(task.clips) if c.clip_id in features_by_clip]
-    if not keep:
-        raise ValueError(f"{task.name}: no clip has an embedding")
-    x = np.stack([np.asarray(features_by_clip[task.clips[i].clip_id], dtype=np.float32) for i in keep])
+    x, kept = _feature_matrix(features_by_clip, task, allow_missing=True)
+    keep = kept.tolist()
     y_all, mask_all = task.targets()
     y = y_all[keep]
     mask = None if mask_all is None else mask_all[keep]
@@ -421,7 +420,7 @@ def fit_export_probe(
     def pick(a: np.ndarray | None, i: np.ndarray) -> np.ndarray | None:
         return None if a is None else a[i]
 
-    res = fit_on_indices(x, y, mask, task, tr, va, device=device, seed=seed, **fit_kwargs)
+    res = fit_on_indices(x, y, mask, task, tr, va, device=device, seed=seed, memo=memo, **fit_kwargs)
     test_score = (
         evaluate(res.head, res.stats, x[te], y[te], task.task_type, pick(mask, te)) if len(te) else None
     )
@@ -470,7 +469,13 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def run(ctx: StageContext) -> dict[str, Any]:
     from ssondo_train.config.groups import ProbeConfig
     from ssondo_train.config.schema import ConfigError, to_schema
-    from ssondo_train.probe.evaluate import plot_results, results_markdown, run_probe, write_results
+    from ssondo_train.probe.evaluate import (
+        FitMemo,
+        plot_results,
+        results_markdown,
+        run_probe,
+        write_results,
+    )
     from ssondo_train.utils.io import atomic_write_text
 
     try:
@@ -518,6 +523,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             if emb.calibration_windows:
                 row["bn_calibration_windows"] = emb.calibration_windows
             features = emb.as_dict()
+            memo = FitMemo()  # the score's fit and the exported head's are often the same fit
             t0 = time.perf_counter()
             try:
                 row.update(
@@ -528,12 +534,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                         device=device,
                         val_fraction=pcfg.val_fraction,
                         allow_missing=True,
+                        memo=memo,
                         **fit_kwargs,
                     )
                 )
                 if pcfg.export_heads:
                     res, info = fit_export_probe(
-                        features, task, seeds[0], device, pcfg.val_fraction, **fit_kwargs
+                        features, task, seeds[0], device, pcfg.val_fraction, memo=memo, **fit_kwargs
                     )
                     head = write_head(
                         out / HEADS_DIR / label / f"{task.name}.pth",

@@ -12,6 +12,9 @@ import torch
 
 from ssondo_train.probe.evaluate import (
     TABLE1_GROUPS,
+    FitMemo,
+    _feature_matrix,
+    fit_on_indices,
     plot_results,
     results_markdown,
     retention,
@@ -137,3 +140,23 @@ def test_plot_and_json(tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["bars.png"]  # no temporary left behind
     write_results({"task": "x", "ci95": float("nan"), "runs": [{"fold": 1}]}, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == {"task": "x", "ci95": None, "runs": [{"fold": 1}]}
+
+
+def test_fit_memo_reuses_an_identical_fit() -> None:
+    x, y = synthetic(200, 12, 4, sep=0.8, seed=4)
+    splits = ["train"] * 120 + ["valid"] * 40 + ["test"] * 40
+    clips = [ProbeClip(str(i), Path(f"/a/{i}.wav"), (int(y[i]),), splits[i]) for i in range(200)]
+    task = ProbeTask("toy-memo", "multiclass", list("abcd"), clips, "splits")
+    feats = {str(i): x[i] for i in range(200)}
+    memo = FitMemo()
+    x_all, _ = _feature_matrix(feats, task, allow_missing=False)
+    tr, va = np.arange(120), np.arange(120, 160)
+    first = fit_on_indices(x_all, y, None, task, tr, va, memo=memo, weight_decays=WDS)
+    again = fit_on_indices(x_all, y, None, task, tr, va, memo=memo, weight_decays=WDS)
+    assert again is first and memo.hits == 1
+    # anything the fit depends on changes the key: other rows, other arguments, other features
+    other = fit_on_indices(x_all, y, None, task, tr[:-1], va, memo=memo, weight_decays=WDS)
+    assert other is not first
+    fit_on_indices(x_all, y, None, task, tr, va, memo=memo, weight_decays=WDS[:2])
+    fit_on_indices(x_all + 1.0, y, None, task, tr, va, memo=memo, weight_decays=WDS)
+    assert memo.hits == 1

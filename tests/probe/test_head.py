@@ -282,3 +282,35 @@ def test_cuda_fit_matches_cpu() -> None:
     assert gpu.weight_decay == cpu.weight_decay
     assert next(gpu.head.parameters()).device.type == "cpu"
     np.testing.assert_allclose(gpu.predict(x[1800:]), cpu.predict(x[1800:]), atol=5e-3)
+
+
+def test_path_patience_stops_walking_past_the_validation_optimum() -> None:
+    x, y = blobs(400, 40, 4, sep=0.35, seed=7)
+    xtr, ytr, xva, yva = x[:150], y[:150], x[150:], y[150:]
+    wds = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
+    full = fit_linear_probe(xtr, ytr, xva, yva, "multiclass", 4, weight_decays=wds, path_patience=None)
+    assert [g.weight_decay for g in full.grid] == list(wds)
+    best_i = wds.index(full.weight_decay)
+    assert best_i < len(wds) - 3, "the fixture must have its optimum well inside the grid"
+    short = fit_linear_probe(xtr, ytr, xva, yva, "multiclass", 4, weight_decays=wds, path_patience=2)
+    walked = [g.weight_decay for g in short.grid]
+    assert walked == list(wds[: len(walked)]) and len(walked) < len(wds)
+    # the scores it did see are the full grid's, and it stopped after 2 non-improving points
+    assert [g.val_score for g in short.grid] == [g.val_score for g in full.grid[: len(walked)]]
+    assert short.weight_decay == max(short.grid, key=lambda g: (g.val_score, g.weight_decay)).weight_decay
+    tail = [g.val_score for g in short.grid[-2:]]
+    assert all(s <= short.val_score for s in tail)
+
+
+def test_warm_started_refit_equals_a_cold_fit_on_train_plus_valid() -> None:
+    x, y = blobs(500, 20, 5, sep=0.5, seed=8)
+    xtr, ytr, xva, yva, xte = x[:300], y[:300], x[300:400], y[300:400], x[400:]
+    res = fit_linear_probe(xtr, ytr, xva, yva, "multiclass", 5, weight_decays=(1.0, 0.1, 0.01), tol=1e-7)
+    cold = fit_linear_probe(
+        np.r_[xtr, xva], np.r_[ytr, yva], xva, yva, "multiclass", 5,
+        weight_decays=(res.weight_decay,), refit=False, tol=1e-7, max_epochs=2000,
+    )  # fmt: skip
+    np.testing.assert_allclose(res.stats.mean, cold.stats.mean, rtol=1e-6)
+    np.testing.assert_allclose(
+        predict_logits(res.head, res.stats, xte), predict_logits(cold.head, cold.stats, xte), atol=2e-3
+    )
