@@ -15,13 +15,16 @@ loss is the sum over classes of each class's mean binary cross-entropy over its 
 independent logistic regression per class. ``weight_decay`` relates to scikit-learn's ``C`` by
 ``C = 1 / (weight_decay * n_train)``.
 
-The default solver is L-BFGS with a strong-Wolfe line search from a zero start, on preconditioned variables
-(see ``_solve``). The problem is strictly convex, so the solution does not depend on the seed nor on ``lr``
-(the line search picks the step); ``lr`` only matters for the ``"adam"`` solver (full-batch Adam for
-``max_epochs`` steps). Grid strategies: ``"path"`` fits the weight decays one after the other from the
-strongest, each warm-started from the previous solution (cheapest on CPU); ``"batched"`` fits all weight
-decays of one ``lr`` as a single stacked problem (one matmul per step; on a GPU a step costs about the same
-for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path`` otherwise.
+The default solver is L-BFGS with a strong-Wolfe line search on preconditioned variables (see ``_solve``:
+one eigendecomposition of the training features' Gram matrix serves every weight decay and the refit). The
+problem is strictly convex, so the solution does not depend on the seed nor on ``lr`` (the line search picks
+the step); ``lr`` only matters for the ``"adam"`` solver (full-batch Adam for ``max_epochs`` steps). Grid
+strategies: ``"path"`` fits the weight decays one after the other from the strongest, each warm-started from
+the previous solution, and stops ``path_patience`` points after the best validation score (cheapest on CPU);
+``"batched"`` fits all weight decays of one ``lr`` as a single stacked problem (one matmul per step; on a GPU
+a step costs about the same for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path`` otherwise. The
+grid's fits stop at ``grid_tol`` (they only rank weight decays); the refit on train + validation starts from
+the selected solution and runs to ``tol``.
 """
 
 from __future__ import annotations

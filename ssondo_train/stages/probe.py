@@ -363,6 +363,58 @@ def task_embeddings(
     return emb, False, path
 
 
+def joint_student_embeddings(
+    embedders: Mapping[str, Any], first: str, entry: TaskEntry, cache_root: Path, pcfg: Any, device: str
+) -> str | None:
+    """Embed ``entry`` once for a ``student`` / ``student_proj`` pair and cache both results.
+
+    ``first`` is the label about to be embedded; when the other output of the same checkpoint is also
+    requested and neither is cached, one forward pass computes both. Returns the partner's label when it
+    did, else None (the caller then embeds ``first`` on its own, or reads its cache).
+    """
+    from ssondo_train.probe.models import JointStudentEmbedder, can_embed_jointly, embed_clips
+    from ssondo_train.utils.io import atomic_write_json
+
+    pair = None
+    for other, emb in embedders.items():
+        if other == first:
+            continue
+        if can_embed_jointly(embedders[first], emb):
+            pair = (first, other)
+        elif can_embed_jointly(emb, embedders[first]):
+            pair = (other, first)
+    if pair is None:
+        return None
+    parts = [embedders[label] for label in pair]
+    paths = [cache_root / p.digest() / f"{entry.task.name}.npz" for p in parts]
+    if any(
+        load_cache(path, p.digest(), entry.digest) is not None for path, p in zip(paths, parts, strict=True)
+    ):
+        return None
+    joint = JointStudentEmbedder(*parts)
+    joint.load(device)
+    clips = [(c.clip_id, str(c.path)) for c in entry.task.clips]
+    try:
+        result = embed_clips(joint, clips, int(pcfg.batch_size), int(pcfg.num_workers), progress=True)
+        for part, path, emb in zip(parts, paths, joint.split(result), strict=True):
+            _save_cache(path, emb, part.digest(), entry.digest)
+            atomic_write_json(path.parent / "model.json", part.describe())
+    finally:
+        joint.unload()
+    for part in parts:
+        part.calls += joint.calls
+    log.info(
+        "probe: %s + %s / %s: %d clips (%d windows, %d skipped) in one pass, %.1f s",
+        *pair,
+        entry.task.name,
+        len(result.clip_ids),
+        result.windows,
+        len(result.skipped),
+        result.seconds,
+    )
+    return pair[1] if pair[0] == first else pair[0]
+
+
 # --- probe fits
 def fit_export_probe(
     features_by_clip: Mapping[str, np.ndarray],
@@ -511,7 +563,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for entry in entries:
             task = entry.task
             started = time.perf_counter()
+            partner = joint_student_embeddings(embedders, label, entry, out / CACHE_DIR, pcfg, device)
             emb, hit, cache_path = task_embeddings(embedder, entry, out / CACHE_DIR, pcfg, device, seed)
+            hit = hit and partner is None
             row: dict[str, Any] = {
                 "cache_hit": hit,
                 "cache": str(cache_path.relative_to(out)),
@@ -522,6 +576,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             }
             if emb.calibration_windows:
                 row["bn_calibration_windows"] = emb.calibration_windows
+            if partner is not None:
+                row["embedded_with"] = partner
             features = emb.as_dict()
             memo = FitMemo()  # the score's fit and the exported head's are often the same fit
             t0 = time.perf_counter()

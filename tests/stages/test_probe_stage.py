@@ -293,6 +293,17 @@ def test_student_models_need_distill_and_run_from_the_checkpoint(tmp_path, compo
     # 2 windows per clip of 0.6-1.4 s at 0.5 s, at most 3
     assert 2 * 18 <= res["results"]["student"]["shapes"]["windows"] <= 3 * 18
     assert not (run_dir / "probe" / "heads").exists()
+    # one forward pass gave both outputs, each cached exactly as its own embedder computes it
+    assert res["results"]["student"]["shapes"]["embedded_with"] == "student_proj"
+    assert res["results"]["student_proj"]["shapes"]["cache_hit"] is True
+    task = load_any_manifest(manifest)
+    clips = [(c.clip_id, str(c.path)) for c in task.clips]
+    for label, output in (("student", "backbone"), ("student_proj", "projector")):
+        alone = pm.checkpoint_embedder(run_dir / "distill" / "checkpoints" / "last.ckpt", output, 0.5).load()
+        want = pm.embed_clips(alone, clips, batch_size=64)
+        cache = np.load(run_dir / "probe" / res["results"][label]["shapes"]["cache"], allow_pickle=False)
+        assert [str(c) for c in cache["clip_ids"]] == want.clip_ids
+        np.testing.assert_allclose(cache["embeddings"], want.x, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
