@@ -28,16 +28,26 @@ def summarise(run: str) -> dict:
     history = distill.get("history", [])
     cfg = distill["config"]["distill"]
     return {
-        "recipe": {"epochs": cfg["epochs"], "updates": distill["steps"], "batch_size": cfg["batch_size"],
-                   "target_norm": cfg["target_norm"], "lr": cfg["lr"], "distill_seconds": distill["seconds"]},
-        "val_cosine_first_last": [history[0].get("val/cosine"), history[-1].get("val/cosine")] if history else None,
+        "recipe": {
+            "epochs": cfg["epochs"],
+            "updates": distill["steps"],
+            "batch_size": cfg["batch_size"],
+            "target_norm": cfg["target_norm"],
+            "lr": cfg["lr"],
+            "distill_seconds": distill["seconds"],
+        },
+        "val_cosine_first_last": [history[0].get("val/cosine"), history[-1].get("val/cosine")]
+        if history
+        else None,
         "val_cosine_of_mean_target": history[-1].get("val/cosine_of_mean_target") if history else None,
         "scores": scores,
         "mean_over_tasks": means,
         "instrument_gap_closed": gap,
         "target_instrument_gap_closed": 0.5,
         "student_mean_beats_untrained": means.get("student", 0) > means.get("untrained", 1),
-        "student_retention_pct": round(100 * means["student"] / means["teacher"], 1) if "teacher" in means else None,
+        "student_retention_pct": round(100 * means["student"] / means["teacher"], 1)
+        if "teacher" in means
+        else None,
         "student_above_logmel": means.get("student", 0) > means.get("logmel", 1),
     }
 

@@ -44,9 +44,9 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
     # 1. Golden equality on the GPU, float32, TF32 off.
-    from tests.golden import assert_close, expected, golden_input, golden_state_dict, training_config
     from ssondo_train.students import student_from_ssondo_config
     from ssondo_train.students.frontend import StudentFrontEnd, segment_windows
+    from tests.golden import assert_close, expected, golden_input, golden_state_dict, training_config
 
     golden = {}
     exp = expected("student")
@@ -55,7 +55,7 @@ def main() -> None:
     mel = fe(segment_windows(wav, tail="drop"))
     for name in ("mn10", "eres2net", "dymn10"):
         model = student_from_ssondo_config(training_config(name))
-        sd = {k[len("student_model."):]: v for k, v in golden_state_dict(name).items()}
+        sd = {k[len("student_model.") :]: v for k, v in golden_state_dict(name).items()}
         model.load_state_dict(sd, strict=True)
         model = model.to(dev).eval()
         x = mel[:, :1] if name == "dymn10" else mel
@@ -105,9 +105,14 @@ def main() -> None:
 
     t32 = timed(teacher_fp32, 1 if smoke else 3, sync)
     t16 = timed(teacher_bf16, 1 if smoke else 5, sync)
-    out["teacher_m2d_vitb_10s"] = {"batch": B_T, "fp32_clips_per_s": round(B_T / t32, 1),
-                                   "bf16_clips_per_s": round(B_T / t16, 1), "bf16_speedup": round(t32 / t16, 2),
-                                   "bf16_vs_fp32_min_cosine": round(cos, 6), "bf16_vs_fp32_rel_error": rel}
+    out["teacher_m2d_vitb_10s"] = {
+        "batch": B_T,
+        "fp32_clips_per_s": round(B_T / t32, 1),
+        "bf16_clips_per_s": round(B_T / t16, 1),
+        "bf16_speedup": round(t32 / t16, 2),
+        "bf16_vs_fp32_min_cosine": round(cos, 6),
+        "bf16_vs_fp32_rel_error": rel,
+    }
 
     # 3. Student training step (front-end on device + forward/backward/step): fp32 vs bf16 autocast.
     from ssondo_train.losses import build_loss
@@ -139,9 +144,16 @@ def main() -> None:
         t32 = timed(lambda: step(False), 1 if smoke else 5, sync)
         l16 = step(True)
         t16 = timed(lambda: step(True), 1 if smoke else 5, sync)
-        steps[name] = {"batch": B_S, "window_s": 10, "fp32_samples_per_s": round(B_S / t32, 1),
-                       "bf16_samples_per_s": round(B_S / t16, 1), "bf16_speedup": round(t32 / t16, 2),
-                       "loss_fp32": round(l32, 5), "loss_bf16": round(l16, 5), "finite": bool(np.isfinite(l16))}
+        steps[name] = {
+            "batch": B_S,
+            "window_s": 10,
+            "fp32_samples_per_s": round(B_S / t32, 1),
+            "bf16_samples_per_s": round(B_S / t16, 1),
+            "bf16_speedup": round(t32 / t16, 2),
+            "loss_fp32": round(l32, 5),
+            "loss_bf16": round(l16, 5),
+            "finite": bool(np.isfinite(l16)),
+        }
     out["student_train_step"] = steps
 
     # 4. Lightning bf16-mixed: a few DistillModule steps on in-memory batches.
@@ -155,20 +167,40 @@ def main() -> None:
 
         def __getitem__(self, i):
             g = torch.Generator().manual_seed(i)
-            return {"audio": torch.randn(64000, generator=g) * 0.1, "target": torch.randn(3840, generator=g),
-                    "cluster": torch.tensor(i % 4), "index": torch.tensor(i)}
+            return {
+                "audio": torch.randn(64000, generator=g) * 0.1,
+                "target": torch.randn(3840, generator=g),
+                "cluster": torch.tensor(i % 4),
+                "index": torch.tensor(i),
+            }
 
     stats_mean, stats_std = torch.zeros(3840), torch.ones(3840)
-    module = DistillModule(build_student_with_projector("mobilenetv3", teacher_dim=3840), StudentFrontEnd(),
-                           build_loss("cosine"), TargetNorm("zscore", stats_mean, stats_std),
-                           OptimConfig(updates_per_epoch=8), seed=0)
+    module = DistillModule(
+        build_student_with_projector("mobilenetv3", teacher_dim=3840),
+        StudentFrontEnd(),
+        build_loss("cosine"),
+        TargetNorm("zscore", stats_mean, stats_std),
+        OptimConfig(updates_per_epoch=8),
+        seed=0,
+    )
     loader = torch.utils.data.DataLoader(Mem(), batch_size=32, num_workers=2)
-    trainer = L.Trainer(accelerator="cpu" if smoke else "gpu", devices=1, precision="bf16-mixed", max_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, gradient_clip_val=5.0)
+    trainer = L.Trainer(
+        accelerator="cpu" if smoke else "gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        gradient_clip_val=5.0,
+    )
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=torch.utils.data.DataLoader(Mem(), 64))
-    out["lightning_bf16_mixed"] = {"steps": int(trainer.global_step), "seconds": round(time.perf_counter() - t0, 2),
-                                   "val_cosine": float(trainer.callback_metrics.get("val/cosine", float("nan")))}
+    out["lightning_bf16_mixed"] = {
+        "steps": int(trainer.global_step),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "val_cosine": float(trainer.callback_metrics.get("val/cosine", float("nan"))),
+    }
 
     # 5. k-means on the GPU (torch backend).
     from ssondo_train.clustering import fit_kmeans
@@ -176,8 +208,13 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((N_KM, 768)).astype(np.float32)
     t0 = time.perf_counter()
     km = fit_kmeans(x, k=50, metric="cosine", n_init=1, max_iter=30, device=str(dev))
-    out["kmeans_gpu"] = {"n": N_KM, "dim": 768, "k": 50, "iterations": km.n_iter,
-                         "seconds": round(time.perf_counter() - t0, 2)}
+    out["kmeans_gpu"] = {
+        "n": N_KM,
+        "dim": 768,
+        "k": 50,
+        "iterations": km.n_iter,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
     if smoke:
         print(json.dumps(out, indent=2))

@@ -22,8 +22,9 @@ from ssondo_train.utils.io import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="kind", required=True)
     f = sub.add_parser("folder", help="every audio file under a folder")
     f.add_argument("root", type=Path)
@@ -43,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     missing: list[str] = []
     failures: list[ImportFailure]
     if args.kind == "folder":
-        manifest, failures = import_folder(args.root, source=args.source, license=args.license,
-                                           split=args.split, label_from_parent=args.label_from_parent)
+        manifest, failures = import_folder(
+            args.root,
+            source=args.source,
+            license=args.license,
+            split=args.split,
+            label_from_parent=args.label_from_parent,
+        )
     else:
         clips, failures = [], []
         for csv_path in args.segments:
@@ -56,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     write_manifest(args.output, manifest)
     report = args.output.with_name(args.output.name + ".failures.json")
     atomic_write_json(report, {"failures": [x.__dict__ for x in failures], "missing": missing})
-    print(f"{len(manifest)} clips ({manifest.total_seconds / 3600:.2f} h) -> {args.output}; "
-          f"{len(failures)} failed, {len(missing)} missing (see {report})")
+    print(
+        f"{len(manifest)} clips ({manifest.total_seconds / 3600:.2f} h) -> {args.output}; "
+        f"{len(failures)} failed, {len(missing)} missing (see {report})"
+    )
     return 0 if len(manifest) else 1
 
 

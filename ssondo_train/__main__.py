@@ -1,4 +1,4 @@
-"""The one entry point: ``python -m ssondo_train stage=<name> [overrides]`` (also the ``ssondo-train`` script)."""
+"""The one entry point: ``python -m ssondo_train stage=<name> [overrides]`` (or ``ssondo-train``)."""
 
 from __future__ import annotations
 

@@ -173,9 +173,9 @@ class Windows:
 def window_starts(n: int, window: int, hop: int, tail: TailPolicy) -> list[int]:
     """Start offsets of the windows of a signal of ``n`` samples.
 
-    Full windows start at 0, hop, 2·hop, ... while they fit. A remainder that no full window covers yields one
-    more window (``pad``: zero-padded, ``keep``: shorter) unless ``tail`` is ``drop``. A signal shorter than one
-    window yields one window under ``pad``/``keep`` and none under ``drop``.
+    Full windows start at 0, hop, 2·hop, ... while they fit. A remainder that no full window covers yields
+    one more window (``pad``: zero-padded, ``keep``: shorter) unless ``tail`` is ``drop``. A signal shorter
+    than one window yields one window under ``pad``/``keep`` and none under ``drop``.
     """
     if window <= 0 or hop <= 0:
         raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
@@ -191,14 +191,16 @@ def window_starts(n: int, window: int, hop: int, tail: TailPolicy) -> list[int]:
 
 
 def cut_windows(wav: torch.Tensor, window: int, hop: int, tail: TailPolicy = "pad") -> Windows:
-    """Cut ``wav`` ``(N,)`` into windows of ``window`` samples every ``hop`` samples (see ``window_starts``)."""
+    """Cut ``wav`` ``(N,)`` into windows of ``window`` samples every ``hop`` samples (``window_starts``)."""
     if wav.dim() != 1:
         raise ValueError(f"cut_windows expects a mono (N,) signal, got shape {tuple(wav.shape)}")
     n = wav.shape[0]
     starts = window_starts(n, window, hop, tail)
     lengths = [min(window, n - s) for s in starts]
     if tail == "keep":
-        return Windows([wav[s : s + length] for s, length in zip(starts, lengths, strict=False)], starts, lengths)
+        return Windows(
+            [wav[s : s + length] for s, length in zip(starts, lengths, strict=False)], starts, lengths
+        )
     if not starts:
         return Windows(wav.new_zeros((0, window)), [], [])
     need = starts[-1] + window

@@ -117,7 +117,7 @@ def fit_kmeans(
     for _ in range(max(1, n_init)):
         c = _kmeans_pp(data, k, gen)
         prev = float("inf")
-        for it in range(1, max_iter + 1):
+        for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported after the loop
             labels, dist = _nearest(data, c)
             sums = torch.zeros_like(c).index_add_(0, labels, data)
             counts = torch.bincount(labels, minlength=k).to(data.dtype)

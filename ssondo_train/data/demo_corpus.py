@@ -64,12 +64,40 @@ LICENSES: dict[str, str] = {
 
 # General-MIDI families (8 programs each, in program order) and the pitch range each one plays well in.
 GM_FAMILIES: tuple[str, ...] = (
-    "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed",
-    "pipe", "synth_lead", "synth_pad", "synth_effects", "ethnic", "percussive", "sound_effects",
+    "piano",
+    "chromatic_percussion",
+    "organ",
+    "guitar",
+    "bass",
+    "strings",
+    "ensemble",
+    "brass",
+    "reed",
+    "pipe",
+    "synth_lead",
+    "synth_pad",
+    "synth_effects",
+    "ethnic",
+    "percussive",
+    "sound_effects",
 )
 GM_RANGES: tuple[tuple[int, int], ...] = (
-    (36, 96), (48, 96), (36, 84), (40, 84), (24, 60), (36, 84), (40, 84), (40, 82), (45, 84), (55, 96),
-    (40, 88), (40, 84), (40, 84), (48, 84), (40, 84), (40, 84),
+    (36, 96),
+    (48, 96),
+    (36, 84),
+    (40, 84),
+    (24, 60),
+    (36, 84),
+    (40, 84),
+    (40, 82),
+    (45, 84),
+    (55, 96),
+    (40, 88),
+    (40, 84),
+    (40, 84),
+    (48, 84),
+    (40, 84),
+    (40, 84),
 )
 # Programs whose samples stop short of their family's range in TimGM6mb or FluidR3Mono (measured: notes
 # outside these ranges render silent).
@@ -83,19 +111,36 @@ def program_range(program: int) -> tuple[int, int]:
 
 # The 10 families of the instrument probe: the pitched, acoustically distinct ones.
 PROBE_FAMILIES: tuple[str, ...] = (
-    "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "brass", "reed", "pipe",
+    "piano",
+    "chromatic_percussion",
+    "organ",
+    "guitar",
+    "bass",
+    "strings",
+    "brass",
+    "reed",
+    "pipe",
     "synth_lead",
 )
 # Probe notes use pitches that are multiples of 3; this leaves 2 of every 3 pitches to the corpus.
 PROBE_PITCH_MODULUS = 3
 DIGITS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ENGLISH_ACCENTS: tuple[str, ...] = (
-    "en-029", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp", "en-us",
+    "en-029",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-gb-x-rp",
+    "en-us",
     "en-us-nyc",
 )
 DRUM_CHANNEL = 9
 TASK_NAMES: tuple[str, ...] = (
-    "instrument_family", "spoken_digits", "ktuberling_language", "sonic_pi_category",
+    "instrument_family",
+    "spoken_digits",
+    "ktuberling_language",
+    "sonic_pi_category",
 )
 
 
@@ -112,8 +157,9 @@ def _from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
-                         f"allowed: {', '.join(known)}")
+        raise ValueError(
+            f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; allowed: {', '.join(known)}"
+        )
     kwargs = {}
     for name, value in data.items():
         default = cls.__dataclass_fields__[name].default_factory  # type: ignore[attr-defined]
@@ -165,11 +211,14 @@ class InstrumentTask:
 
     def __post_init__(self) -> None:
         if not 1 <= self.programs_per_family <= 8:
-            raise ValueError(f"data.tasks.instrument_family.programs_per_family must be in 1..8, "
-                             f"got {self.programs_per_family}")
+            raise ValueError(
+                f"data.tasks.instrument_family.programs_per_family must be in 1..8, "
+                f"got {self.programs_per_family}"
+            )
         if self.train_per_program < 2 or self.test_per_program < 1:
-            raise ValueError("data.tasks.instrument_family needs train_per_program >= 2 and "
-                             "test_per_program >= 1")
+            raise ValueError(
+                "data.tasks.instrument_family needs train_per_program >= 2 and test_per_program >= 1"
+            )
 
 
 @dataclass
@@ -236,8 +285,9 @@ class DemoConfig:
         if self.audio_format not in ("flac", "wav"):
             raise ValueError(f"data.audio_format must be 'flac' or 'wav', got {self.audio_format!r}")
         if not 0 < self.min_seconds <= self.max_seconds:
-            raise ValueError(f"need 0 < data.min_seconds <= data.max_seconds, got {self.min_seconds}, "
-                             f"{self.max_seconds}")
+            raise ValueError(
+                f"need 0 < data.min_seconds <= data.max_seconds, got {self.min_seconds}, {self.max_seconds}"
+            )
         if self.sample_rate < 8000:
             raise ValueError(f"data.sample_rate must be >= 8000, got {self.sample_rate}")
         if self.workers < 0 or self.fluidsynth_batch < 1 or self.job_size < 1:
@@ -267,7 +317,8 @@ def check_assets(assets: DemoAssets) -> None:
         raise DemoBuildError(
             "the offline demo corpus needs Debian package(s) that are not installed: "
             + ", ".join(f"{p} ({REQUIRED_PACKAGES[p]})" for p in missing)
-            + ". Install them with:\n    apt-get install -y --no-install-recommends " + " ".join(missing)
+            + ". Install them with:\n    apt-get install -y --no-install-recommends "
+            + " ".join(missing)
         )
 
 
@@ -439,12 +490,32 @@ def _render_gm(job: RenderJob) -> list[RenderResult]:
         mid.write_bytes(midi_bytes(events))
         # Reverb and chorus off: their tails would cross clip boundaries. Float output: the quiet render is
         # peak-normalised afterwards, so 16-bit here would cost resolution.
-        cmd = [job.fluidsynth, "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.5", "-r", str(job.sample_rate),
-               "-O", "float", "-F", str(wav_path), "-T", "wav", job.soundfont, str(mid)]
+        cmd = [
+            job.fluidsynth,
+            "-ni",
+            "-q",
+            "-R",
+            "0",
+            "-C",
+            "0",
+            "-g",
+            "0.5",
+            "-r",
+            str(job.sample_rate),
+            "-O",
+            "float",
+            "-F",
+            str(wav_path),
+            "-T",
+            "wav",
+            job.soundfont,
+            str(mid),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not wav_path.exists():
             raise DemoBuildError(
-                f"fluidsynth failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+                f"fluidsynth failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}"
+            )
         audio, sr = decode(wav_path)
     mono = to_mono(audio).numpy()
     results = []
@@ -464,8 +535,19 @@ def _render_speech(job: RenderJob) -> list[RenderResult]:
     with tempfile.TemporaryDirectory(prefix="ssondo_tts_") as tmp:
         wav_path = Path(tmp) / "utt.wav"
         for item in job.items:
-            cmd = [job.espeak, "-v", item.voice, "-s", str(item.speed), "-p", str(item.pitch), "-w",
-                   str(wav_path), "--", item.text]
+            cmd = [
+                job.espeak,
+                "-v",
+                item.voice,
+                "-s",
+                str(item.speed),
+                "-p",
+                str(item.pitch),
+                "-w",
+                str(wav_path),
+                "--",
+                item.text,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise DemoBuildError(f"espeak-ng failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
@@ -509,7 +591,9 @@ def _render_files(job: RenderJob) -> list[RenderResult]:
 
 
 _RENDERERS: dict[str, Callable[[RenderJob], list[RenderResult]]] = {
-    "gm": _render_gm, "speech": _render_speech, "file": _render_files,
+    "gm": _render_gm,
+    "speech": _render_speech,
+    "file": _render_files,
 }
 
 
@@ -660,14 +744,16 @@ def plan_instrument_task(cfg: DemoConfig, seed: int) -> PlannedSet:
                 raise DemoBuildError(
                     f"GM program {program} has {len(pitches)} probe pitches, fewer than "
                     f"data.tasks.instrument_family.train_per_program/test_per_program "
-                    f"({tc.train_per_program}/{tc.test_per_program})")
+                    f"({tc.train_per_program}/{tc.test_per_program})"
+                )
             train_notes += [(program, int(p)) for p in rng.choice(pitches, tc.train_per_program, False)]
             test_notes += [(program, int(p)) for p in rng.choice(pitches, tc.test_per_program, False)]
         order = rng.permutation(len(train_notes))
         n_valid = max(1, round(len(train_notes) * tc.valid_fraction))
         valid_idx = set(order[:n_valid].tolist())
         for split, notes, soundfont, source in (
-            ("train", train_notes, tim, "gm_timgm6mb"), ("test", test_notes, fluid, "gm_fluidr3mono"),
+            ("train", train_notes, tim, "gm_timgm6mb"),
+            ("test", test_notes, fluid, "gm_fluidr3mono"),
         ):
             for i, (program, pitch) in enumerate(notes):
                 this_split = "valid" if split == "train" and i in valid_idx else split
@@ -677,8 +763,16 @@ def plan_instrument_task(cfg: DemoConfig, seed: int) -> PlannedSet:
                 velocity = int(rng.integers(80, 111))
                 note = Note(0, pitch, velocity, 0.0, tc.seconds * 0.7)
                 task.gm[soundfont].append(GmSegment(rel, tc.seconds, ((0, program),), (note,), 0.7))
-                task.clips.append(PlannedClip(clip_id, rel, (family_name,), this_split, source,
-                                              (_gm_key(soundfont, program, pitch),)))
+                task.clips.append(
+                    PlannedClip(
+                        clip_id,
+                        rel,
+                        (family_name,),
+                        this_split,
+                        source,
+                        (_gm_key(soundfont, program, pitch),),
+                    )
+                )
     return task
 
 
@@ -695,7 +789,7 @@ def plan_digits_task(cfg: DemoConfig, seed: int, variants: Sequence[str]) -> Pla
     if n > len(all_voices):
         raise DemoBuildError(f"spoken_digits asks for {n} voices, espeak-ng has {len(all_voices)}")
     voices = [all_voices[i] for i in rng.choice(len(all_voices), n, replace=False)]
-    split_of = (["train"] * tc.train_voices + ["valid"] * tc.valid_voices + ["test"] * tc.test_voices)
+    split_of = ["train"] * tc.train_voices + ["valid"] * tc.valid_voices + ["test"] * tc.test_voices
     task = PlannedSet("spoken_digits")
     for voice, split in zip(voices, split_of, strict=True):
         for digit, word in enumerate(DIGITS):
@@ -713,8 +807,15 @@ def _file_item(rel: str, rec: Recording, peak: float = 0.7) -> FileItem:
 
 
 def _plan_file_task(
-    name: str, prefix: str, source: str, groups: Mapping[str, list[Recording]], max_per_class: int | None,
-    valid_fraction: float, test_fraction: float, cfg: DemoConfig, seed: int,
+    name: str,
+    prefix: str,
+    source: str,
+    groups: Mapping[str, list[Recording]],
+    max_per_class: int | None,
+    valid_fraction: float,
+    test_fraction: float,
+    cfg: DemoConfig,
+    seed: int,
 ) -> PlannedSet:
     rng = _rng(seed, f"task/{name}")
     task = PlannedSet(name)
@@ -740,27 +841,62 @@ def plan_language_task(cfg: DemoConfig, seed: int, ktub: Mapping[str, list[Recor
     groups = {lang: recs for lang, recs in ktub.items() if len(recs) >= tc.min_clips}
     if len(groups) < 2:
         raise DemoBuildError(f"ktuberling has {len(groups)} language(s) with >= {tc.min_clips} clips; need 2")
-    return _plan_file_task("ktuberling_language", "lang", "ktuberling", groups, tc.max_per_class,
-                           tc.valid_fraction, tc.test_fraction, cfg, seed)
+    return _plan_file_task(
+        "ktuberling_language",
+        "lang",
+        "ktuberling",
+        groups,
+        tc.max_per_class,
+        tc.valid_fraction,
+        tc.test_fraction,
+        cfg,
+        seed,
+    )
 
 
 def plan_sonic_pi_task(cfg: DemoConfig, seed: int, spi: Mapping[str, list[Recording]]) -> PlannedSet:
     tc = cfg.tasks.sonic_pi_category
     ranked = sorted(spi.items(), key=lambda kv: (-len(kv[1]), kv[0]))[: tc.n_classes]
     groups = dict(sorted(ranked))
-    return _plan_file_task("sonic_pi_category", "spi", "sonic_pi", groups, tc.max_per_class,
-                           tc.valid_fraction, tc.test_fraction, cfg, seed)
+    return _plan_file_task(
+        "sonic_pi_category",
+        "spi",
+        "sonic_pi",
+        groups,
+        tc.max_per_class,
+        tc.valid_fraction,
+        tc.test_fraction,
+        cfg,
+        seed,
+    )
 
 
-_CHORDS: tuple[tuple[int, ...], ...] = ((0, 4, 7), (0, 3, 7), (0, 4, 7, 11), (0, 3, 7, 10), (0, 4, 7, 10),
-                                        (0, 5, 7), (0, 3, 6), (0, 7, 12), (0, 4, 7, 14))
-_SCALES: tuple[tuple[int, ...], ...] = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10), (0, 2, 4, 7, 9),
-                                        (0, 3, 5, 6, 7, 10))
+_CHORDS: tuple[tuple[int, ...], ...] = (
+    (0, 4, 7),
+    (0, 3, 7),
+    (0, 4, 7, 11),
+    (0, 3, 7, 10),
+    (0, 4, 7, 10),
+    (0, 5, 7),
+    (0, 3, 6),
+    (0, 7, 12),
+    (0, 4, 7, 14),
+)
+_SCALES: tuple[tuple[int, ...], ...] = (
+    (0, 2, 4, 5, 7, 9, 11),
+    (0, 2, 3, 5, 7, 8, 10),
+    (0, 2, 4, 7, 9),
+    (0, 3, 5, 6, 7, 10),
+)
 _DRUMS = (35, 36, 38, 40, 42, 44, 46, 49, 51, 45, 47, 48, 50, 39, 54, 56, 37, 75, 76, 70)
 
 
 def _plan_gm_clip(
-    kind: str, seconds: float, rng: np.random.Generator, pitch_for: Callable[[int, int], int], sf_name: str,
+    kind: str,
+    seconds: float,
+    rng: np.random.Generator,
+    pitch_for: Callable[[int, int], int],
+    sf_name: str,
 ) -> tuple[list[tuple[int, int]], list[Note], list[str]]:
     """Channel programs, notes and provenance keys of one corpus GM clip of ``kind``."""
     notes: list[Note] = []
@@ -780,8 +916,15 @@ def _plan_gm_clip(
         while t < seconds - 0.1:
             for drum, d in zip(voices, density, strict=True):
                 if rng.random() < d:
-                    notes.append(Note(DRUM_CHANNEL, int(drum), int(rng.integers(50, 121)), round(t, 3),
-                                      round(t + 0.1, 3)))
+                    notes.append(
+                        Note(
+                            DRUM_CHANNEL,
+                            int(drum),
+                            int(rng.integers(50, 121)),
+                            round(t, 3),
+                            round(t + 0.1, 3),
+                        )
+                    )
                     keys.append(f"gm-drum:{sf_name}:n{int(drum):03d}")
             t += step
         if not notes:
@@ -816,8 +959,12 @@ def _plan_gm_clip(
 
 
 def plan_corpus(
-    cfg: DemoConfig, seed: int, reserved: set[str], variants: Sequence[str],
-    ktub: Mapping[str, list[Recording]], spi: Mapping[str, list[Recording]],
+    cfg: DemoConfig,
+    seed: int,
+    reserved: set[str],
+    variants: Sequence[str],
+    ktub: Mapping[str, list[Recording]],
+    spi: Mapping[str, list[Recording]],
 ) -> PlannedSet:
     """The unlabelled distillation corpus, avoiding every provenance key in ``reserved``."""
     cc = cfg.corpus
@@ -852,7 +999,7 @@ def plan_corpus(
 
     # --- espeak-ng sentences in many languages and voices (probe voices excluded)
     rng = _rng(seed, "corpus/espeak")
-    reserved_voices = {k[len("voice:"):] for k in reserved if k.startswith("voice:")}
+    reserved_voices = {k[len("voice:") :] for k in reserved if k.startswith("voice:")}
     english = [f"{a}+{v}" for a in ENGLISH_ACCENTS for v in variants if f"{a}+{v}" not in reserved_voices]
     languages = lexicon_languages()
     for i in range(cc.espeak):
@@ -931,8 +1078,10 @@ def assert_disjoint(corpus: PlannedSet, tasks: Sequence[PlannedSet]) -> None:
     for task in tasks:
         shared = corpus_keys & task.keys()
         if shared:
-            raise DemoBuildError(f"probe task {task.name} shares {len(shared)} source(s) with the "
-                                 f"distillation corpus, e.g. {sorted(shared)[:5]}")
+            raise DemoBuildError(
+                f"probe task {task.name} shares {len(shared)} source(s) with the "
+                f"distillation corpus, e.g. {sorted(shared)[:5]}"
+            )
     ids = Counter(c.clip_id for s in (corpus, *tasks) for c in s.clips)
     dup = [k for k, n in ids.items() if n > 1]
     if dup:
@@ -953,14 +1102,23 @@ class BuildResult:
 
 
 def _jobs_for(planned: PlannedSet, out_root: Path, cfg: DemoConfig) -> list[RenderJob]:
-    common = dict(out_root=str(out_root), sample_rate=cfg.sample_rate, min_seconds=cfg.min_seconds,
-                  max_seconds=cfg.max_seconds, audio_format=cfg.audio_format,
-                  fluidsynth=cfg.assets.fluidsynth, espeak=cfg.assets.espeak)
+    common = dict(
+        out_root=str(out_root),
+        sample_rate=cfg.sample_rate,
+        min_seconds=cfg.min_seconds,
+        max_seconds=cfg.max_seconds,
+        audio_format=cfg.audio_format,
+        fluidsynth=cfg.assets.fluidsynth,
+        espeak=cfg.assets.espeak,
+    )
     jobs = []
     for soundfont, segs in planned.gm.items():
         for a in range(0, len(segs), cfg.fluidsynth_batch):
-            jobs.append(RenderJob("gm", items=tuple(segs[a : a + cfg.fluidsynth_batch]), soundfont=soundfont,
-                                  **common))
+            jobs.append(
+                RenderJob(
+                    "gm", items=tuple(segs[a : a + cfg.fluidsynth_batch]), soundfont=soundfont, **common
+                )
+            )
     for kind, items in (("speech", planned.speech), ("file", planned.files)):
         for a in range(0, len(items), cfg.job_size):
             jobs.append(RenderJob(kind, items=tuple(items[a : a + cfg.job_size]), **common))
@@ -992,8 +1150,9 @@ def _run_jobs(jobs: list[RenderJob], workers: int) -> list[list[RenderResult]]:
     return results
 
 
-def _manifest(planned: PlannedSet, root: Path, rendered: dict[str, RenderResult], sr: int) -> tuple[
-        Manifest, dict[str, str]]:
+def _manifest(
+    planned: PlannedSet, root: Path, rendered: dict[str, RenderResult], sr: int
+) -> tuple[Manifest, dict[str, str]]:
     clips, dropped = [], {}
     for c in planned.clips:
         res = rendered[c.rel_path]
@@ -1001,8 +1160,20 @@ def _manifest(planned: PlannedSet, root: Path, rendered: dict[str, RenderResult]
             dropped[c.clip_id] = res.reason
             continue
         source = c.source
-        clips.append(ClipEntry(c.clip_id, c.rel_path, res.frames / sr, sr, 1, c.labels, c.split, None, source,
-                               LICENSES[source]))
+        clips.append(
+            ClipEntry(
+                c.clip_id,
+                c.rel_path,
+                res.frames / sr,
+                sr,
+                1,
+                c.labels,
+                c.split,
+                None,
+                source,
+                LICENSES[source],
+            )
+        )
     return Manifest(root, clips), dropped
 
 
@@ -1018,12 +1189,16 @@ class DemoInventory:
 def load_inventory(assets: DemoAssets) -> DemoInventory:
     """Check the packages and list their material (hashes every recording: about a second)."""
     check_assets(assets)
-    return DemoInventory(tuple(espeak_variants(assets.espeak)), ktuberling_inventory(Path(assets.ktuberling)),
-                         sonic_pi_inventory(Path(assets.sonic_pi)))
+    return DemoInventory(
+        tuple(espeak_variants(assets.espeak)),
+        ktuberling_inventory(Path(assets.ktuberling)),
+        sonic_pi_inventory(Path(assets.sonic_pi)),
+    )
 
 
-def plan_demo(cfg: DemoConfig, seed: int, inventory: DemoInventory | None = None) -> tuple[
-        PlannedSet, list[PlannedSet]]:
+def plan_demo(
+    cfg: DemoConfig, seed: int, inventory: DemoInventory | None = None
+) -> tuple[PlannedSet, list[PlannedSet]]:
     """Plan the corpus and the four probe tasks (no rendering); asserts their disjointness."""
     inv = inventory if inventory is not None else load_inventory(cfg.assets)
     variants, ktub, spi = inv.variants, inv.ktuberling, inv.sonic_pi
@@ -1039,8 +1214,9 @@ def plan_demo(cfg: DemoConfig, seed: int, inventory: DemoInventory | None = None
     return corpus, tasks
 
 
-def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path,
-               inventory: DemoInventory | None = None) -> BuildResult:
+def build_demo(
+    cfg: DemoConfig, seed: int, out_dir: str | Path, inventory: DemoInventory | None = None
+) -> BuildResult:
     """Plan, render and write the demo corpus and probe tasks into ``out_dir`` (see the module docstring).
 
     Existing ``corpus/`` and ``tasks/`` folders in ``out_dir`` are replaced. ``inventory`` (from
@@ -1068,8 +1244,12 @@ def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path,
         new = _jobs_for(planned, roots[planned.name], cfg)
         jobs += new
         owner += [planned.name] * len(new)
-    log.info("demo corpus: rendering %d clips in %d jobs with %d worker(s)",
-             sum(len(s.clips) for s in sets), len(jobs), cfg.workers)
+    log.info(
+        "demo corpus: rendering %d clips in %d jobs with %d worker(s)",
+        sum(len(s.clips) for s in sets),
+        len(jobs),
+        cfg.workers,
+    )
     results = _run_jobs(jobs, cfg.workers)
     by_set: dict[str, dict[str, RenderResult]] = defaultdict(dict)
     for name, res in zip(owner, results, strict=True):
@@ -1078,25 +1258,39 @@ def build_demo(cfg: DemoConfig, seed: int, out_dir: str | Path,
     dropped: dict[str, dict[str, str]] = {}
     manifests: dict[str, Manifest] = {}
     for planned in sets:
-        manifests[planned.name], dropped[planned.name] = _manifest(planned, roots[planned.name],
-                                                                   by_set[planned.name], cfg.sample_rate)
+        manifests[planned.name], dropped[planned.name] = _manifest(
+            planned, roots[planned.name], by_set[planned.name], cfg.sample_rate
+        )
         if dropped[planned.name]:
-            log.warning("%s: %d clip(s) dropped: %s", planned.name, len(dropped[planned.name]),
-                        dict(Counter(dropped[planned.name].values())))
+            log.warning(
+                "%s: %d clip(s) dropped: %s",
+                planned.name,
+                len(dropped[planned.name]),
+                dict(Counter(dropped[planned.name].values())),
+            )
     for task in tasks:
         man = manifests[task.name]
         missing = {s for s in ("train", "valid", "test") if not man.filter(split=s).clips}
         if missing:
-            raise DemoBuildError(f"task {task.name} has no clip in split(s) {sorted(missing)} after "
-                                 "rendering")
+            raise DemoBuildError(
+                f"task {task.name} has no clip in split(s) {sorted(missing)} after rendering"
+            )
     write_manifest(out_dir / CORPUS_MANIFEST, manifests["corpus"])
     for task in tasks:
         write_manifest(task_dir / f"{task.name}.csv", manifests[task.name])
-    atomic_write_json(out_dir / "provenance.json", {
-        s.name: {c.clip_id: list(c.keys) for c in s.clips if c.clip_id not in dropped[s.name]} for s in sets
-    })
-    return BuildResult(manifests["corpus"], {t.name: manifests[t.name] for t in tasks}, dropped,
-                       time.perf_counter() - started)
+    atomic_write_json(
+        out_dir / "provenance.json",
+        {
+            s.name: {c.clip_id: list(c.keys) for c in s.clips if c.clip_id not in dropped[s.name]}
+            for s in sets
+        },
+    )
+    return BuildResult(
+        manifests["corpus"],
+        {t.name: manifests[t.name] for t in tasks},
+        dropped,
+        time.perf_counter() - started,
+    )
 
 
 def summarize(result: BuildResult) -> dict[str, Any]:

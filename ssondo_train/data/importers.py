@@ -34,8 +34,11 @@ def iter_audio_files(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath) / n for n in filenames
-                  if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_EXTENSIONS]
+        found += [
+            Path(dirpath) / n
+            for n in filenames
+            if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_EXTENSIONS
+        ]
     # os.walk's order is the filesystem's; sorting makes imports identical on every machine.
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
@@ -50,14 +53,28 @@ def folder_clip_id(rel_path: str) -> str:
 
 
 def _entry_from_file(
-    path: Path, rel: str, clip_id: str, *, labels: tuple[str, ...], split: str, source: str, license: str,
+    path: Path,
+    rel: str,
+    clip_id: str,
+    *,
+    labels: tuple[str, ...],
+    split: str,
+    source: str,
+    license: str,
 ) -> ClipEntry:
     info = audio_info(path)
     if info.frames <= 0:
         raise _Empty(f"{path} has no audio frames")
     return ClipEntry(
-        clip_id=clip_id, path=rel, duration=info.duration, sample_rate=info.sample_rate,
-        channels=info.channels, labels=labels, split=split, source=source, license=license,
+        clip_id=clip_id,
+        path=rel,
+        duration=info.duration,
+        sample_rate=info.sample_rate,
+        channels=info.channels,
+        labels=labels,
+        split=split,
+        source=source,
+        license=license,
     )
 
 
@@ -114,14 +131,19 @@ def import_folder(
             continue
         parent = Path(rel).parent.name
         labels = (parent,) if label_from_parent and parent else ()
-        entry = _try_entry(path, rel, clip_id, failures, labels=labels, split=split, source=source,
-                           license=license)
+        entry = _try_entry(
+            path, rel, clip_id, failures, labels=labels, split=split, source=source, license=license
+        )
         if entry is not None:
             seen[clip_id] = rel
             clips.append(entry)
     if failures:
-        log.warning("import of %s: %d file(s) skipped (%s)", folder, len(failures),
-                    ", ".join(sorted({f.reason for f in failures})))
+        log.warning(
+            "import of %s: %d file(s) skipped (%s)",
+            folder,
+            len(failures),
+            ", ".join(sorted({f.reason for f in failures})),
+        )
     return Manifest(folder, clips), failures
 
 
@@ -236,8 +258,11 @@ def import_audioset(
     segments, failures = read_audioset_segments(segments_csv)
     index, shadowed = _index_audio_by_stem(audio_dir)
     if shadowed:
-        log.warning("%d audio file(s) under %s share a name with another one; the first (sorted) is used",
-                    shadowed, audio_dir)
+        log.warning(
+            "%d audio file(s) under %s share a name with another one; the first (sorted) is used",
+            shadowed,
+            audio_dir,
+        )
     clips: list[ClipEntry] = []
     missing: list[str] = []
     unknown: set[str] = set()
@@ -259,14 +284,27 @@ def import_audioset(
             unknown.update(m for m in seg.labels if m not in names)
             labels = tuple(dict.fromkeys(names.get(m, m) for m in seg.labels))
         rel = path.relative_to(audio_dir).as_posix()
-        entry = _try_entry(path, rel, clip_id, failures, labels=labels, split=split, source=source,
-                           license=license)
+        entry = _try_entry(
+            path, rel, clip_id, failures, labels=labels, split=split, source=source, license=license
+        )
         if entry is not None:
             clips.append(entry)
-    result = AudioSetImport(Manifest(audio_dir, clips), n_rows=len(segments), missing=missing,
-                            failures=failures, duplicate_rows=duplicates, unknown_labels=sorted(unknown))
-    log.info("AudioSet import of %s: %d rows, %d matched, %d missing, %d failed", segments_csv,
-             result.n_rows, len(clips), result.n_missing, len(failures))
+    result = AudioSetImport(
+        Manifest(audio_dir, clips),
+        n_rows=len(segments),
+        missing=missing,
+        failures=failures,
+        duplicate_rows=duplicates,
+        unknown_labels=sorted(unknown),
+    )
+    log.info(
+        "AudioSet import of %s: %d rows, %d matched, %d missing, %d failed",
+        segments_csv,
+        result.n_rows,
+        len(clips),
+        result.n_missing,
+        len(failures),
+    )
     return result
 
 
@@ -300,8 +338,10 @@ def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
 
     out_dir = Path(out_dir)
     kind = data.get("kind")
-    allowed = {"folder": {"kind", "root", "source", "license", "split", "label_from_parent"},
-               "audioset": {"kind", "segments_csv", "audio_dir", "class_labels_csv", "license"}}
+    allowed = {
+        "folder": {"kind", "root", "source", "license", "split", "label_from_parent"},
+        "audioset": {"kind", "segments_csv", "audio_dir", "class_labels_csv", "license"},
+    }
     if kind not in allowed:
         raise ValueError(f"data.kind must be one of demo, {', '.join(allowed)}; got {kind!r}")
     unknown = sorted(set(data) - allowed[kind])
@@ -312,8 +352,12 @@ def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
         if not data.get("root"):
             raise ValueError("data.root (the folder of audio files) must be set for data.kind=folder")
         manifest, failures = import_folder(
-            data["root"], source=data.get("source"), license=data.get("license") or "",
-            split=data.get("split") or "", label_from_parent=bool(data.get("label_from_parent", False)))
+            data["root"],
+            source=data.get("source"),
+            license=data.get("license") or "",
+            split=data.get("split") or "",
+            label_from_parent=bool(data.get("label_from_parent", False)),
+        )
     else:
         csvs = data.get("segments_csv")
         if not csvs or not data.get("audio_dir"):
@@ -322,17 +366,30 @@ def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
         clips, failures = [], []
         root = Path(data["audio_dir"]).resolve()
         for csv_path in csvs:
-            result = import_audioset(csv_path, root, class_labels_csv=data.get("class_labels_csv"),
-                                     license=data.get("license") or AUDIOSET_LICENSE)
+            result = import_audioset(
+                csv_path,
+                root,
+                class_labels_csv=data.get("class_labels_csv"),
+                license=data.get("license") or AUDIOSET_LICENSE,
+            )
             clips += result.manifest.clips
             failures += result.failures
             missing += result.missing
         manifest = Manifest(root, clips)
     if not len(manifest):
-        raise ValueError(f"data.kind={kind}: no usable audio file found ({len(failures)} failed, "
-                         f"{len(missing)} missing)")
+        raise ValueError(
+            f"data.kind={kind}: no usable audio file found ({len(failures)} failed, {len(missing)} missing)"
+        )
     write_manifest(out_dir / CORPUS_MANIFEST, manifest)
-    atomic_write_json(out_dir / "import_failures.json", {
-        "failures": [f.__dict__ for f in failures], "missing": missing})
-    return {"corpus": {"manifest": CORPUS_MANIFEST, **corpus_figures(manifest), "failures": len(failures),
-                       "missing": len(missing)}, "tasks": {}}
+    atomic_write_json(
+        out_dir / "import_failures.json", {"failures": [f.__dict__ for f in failures], "missing": missing}
+    )
+    return {
+        "corpus": {
+            "manifest": CORPUS_MANIFEST,
+            **corpus_figures(manifest),
+            "failures": len(failures),
+            "missing": len(missing),
+        },
+        "tasks": {},
+    }

@@ -40,7 +40,16 @@ from ssondo_train.utils.io import atomic_write_text
 
 MANIFEST_VERSION = 1
 COLUMNS: tuple[str, ...] = (
-    "clip_id", "path", "duration", "sample_rate", "channels", "labels", "split", "fold", "source", "license",
+    "clip_id",
+    "path",
+    "duration",
+    "sample_rate",
+    "channels",
+    "labels",
+    "split",
+    "fold",
+    "source",
+    "license",
 )
 LABEL_SEP = ";"
 # File names the prepare stage writes; later stages find them through these constants.
@@ -191,7 +200,8 @@ class Manifest:
         """A new manifest (same root) with the clips that match every given criterion."""
         splits = {split} if isinstance(split, str) else (set(split) if split is not None else None)
         keep = [
-            c for c in self.clips
+            c
+            for c in self.clips
             if (splits is None or c.split in splits)
             and (source is None or c.source == source)
             and (fold is None or c.fold == fold)
@@ -257,8 +267,9 @@ def read_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"{path}: empty file, expected '# ssondo-manifest v1 root=...' first")
     match = _HEADER_RE.match(lines[0].strip())
     if not match:
-        raise ManifestError(f"{path}: first line must be '# ssondo-manifest v1 root=<relative path>', "
-                            f"got {lines[0][:80]!r}")
+        raise ManifestError(
+            f"{path}: first line must be '# ssondo-manifest v1 root=<relative path>', got {lines[0][:80]!r}"
+        )
     version = int(match["version"])
     if version != MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest version {version} is not supported (this code reads v1)")

@@ -1,6 +1,7 @@
 """The explicit stage registry: ``stage=<name>`` dispatches through ``STAGES``.
 
-A stage is listed here only once it is built; ``configs/stage/*.yaml`` lists the same names (a test checks it).
+A stage is listed here only once it is built; ``configs/stage/*.yaml`` lists the same names (a test checks
+it).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """stage=cluster: k-means over the stored teacher embeddings, the data behind Balanced Data Sampling.
 
-Fitted on the training split only (held-out clips are assigned afterwards), keyed by clip id and window, never
-by path. Writes ``assignments.csv`` (clip_id, window, cluster, split), ``centroids.npy``, ``metrics.json`` and a
-PNG of the cluster-size distribution.
+Fitted on the training split only (held-out clips are assigned afterwards), keyed by clip id and window,
+never by path. Writes ``assignments.csv`` (clip_id, window, cluster, split), ``centroids.npy``,
+``metrics.json`` and a PNG of the cluster-size distribution.
 """
 
 from __future__ import annotations

@@ -32,12 +32,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     result = build_demo(cfg, int(ctx.cfg.seed), ctx.out_dir)
     summary = summarize(result)
     corpus = summary["corpus"]
-    log.info("prepare: corpus %d clips (%.2f h) %s in %.0f s", corpus["clips"], corpus["hours"],
-             corpus["sources"], result.seconds)
+    log.info(
+        "prepare: corpus %d clips (%.2f h) %s in %.0f s",
+        corpus["clips"],
+        corpus["hours"],
+        corpus["sources"],
+        result.seconds,
+    )
     for name, task in summary["tasks"].items():
         log.info("prepare: task %s: %d classes, splits %s", name, task["classes"], task["splits"])
     return summary
 
 
-STAGE = Stage(name="prepare", run=run, config_keys=("data", "seed"),
-              description="build the offline demo corpus and probe tasks")
+STAGE = Stage(
+    name="prepare",
+    run=run,
+    config_keys=("data", "seed"),
+    description="build the offline demo corpus and probe tasks",
+)

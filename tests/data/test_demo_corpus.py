@@ -37,8 +37,9 @@ def _assets_available() -> bool:
     return True
 
 
-needs_assets = pytest.mark.skipif(not _assets_available(),
-                                  reason="Debian packages of the demo corpus are missing")
+needs_assets = pytest.mark.skipif(
+    not _assets_available(), reason="Debian packages of the demo corpus are missing"
+)
 
 
 # ------------------------------------------------------------------------------------- no packages needed
@@ -53,8 +54,13 @@ def test_midi_writer_layout() -> None:
     track = data[22:]
     assert int.from_bytes(data[18:22], "big") == len(track)
     # tempo, program change at 0, note-on after 500 ticks (VLQ 0x83 0x74), note-off 700 later, end of track
-    assert track == (b"\x00\xff\x51\x03\x0f\x42\x40" + b"\x00\xc0\x05" + b"\x83\x74\x90\x3c\x64"
-                     + b"\x85\x3c\x80\x3c\x00" + b"\x00\xff\x2f\x00")
+    assert track == (
+        b"\x00\xff\x51\x03\x0f\x42\x40"
+        + b"\x00\xc0\x05"
+        + b"\x83\x74\x90\x3c\x64"
+        + b"\x85\x3c\x80\x3c\x00"
+        + b"\x00\xff\x2f\x00"
+    )
 
 
 def test_vlq() -> None:
@@ -65,8 +71,9 @@ def test_vlq() -> None:
 
 
 def test_missing_package_names_the_apt_line(tmp_path: Path) -> None:
-    assets = dc.DemoAssets(fluidsynth="no-such-fluidsynth-binary", timgm6mb=str(tmp_path / "none.sf2"),
-                           ktuberling=str(tmp_path))
+    assets = dc.DemoAssets(
+        fluidsynth="no-such-fluidsynth-binary", timgm6mb=str(tmp_path / "none.sf2"), ktuberling=str(tmp_path)
+    )
     with pytest.raises(dc.DemoBuildError) as err:
         dc.check_assets(assets)
     msg = str(err.value)
@@ -100,8 +107,9 @@ def test_split_counts() -> None:
 
 def test_assert_disjoint_catches_a_shared_source() -> None:
     corpus = dc.PlannedSet("corpus", [dc.PlannedClip("c1", "c1.flac", (), "", "espeak", ("voice:en-us+m3",))])
-    task = dc.PlannedSet("digits", [dc.PlannedClip("t1", "t1.flac", ("one",), "train", "espeak",
-                                                   ("voice:en-us+m3",))])
+    task = dc.PlannedSet(
+        "digits", [dc.PlannedClip("t1", "t1.flac", ("one",), "train", "espeak", ("voice:en-us+m3",))]
+    )
     with pytest.raises(dc.DemoBuildError, match="voice:en-us\\+m3"):
         dc.assert_disjoint(corpus, [task])
     task.clips[0] = dc.PlannedClip("c1", "t1.flac", ("one",), "train", "espeak", ("voice:en-us+f2",))
@@ -170,8 +178,9 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def small_builds(tmp_path_factory: pytest.TempPathFactory,
-                 inventory: dc.DemoInventory) -> tuple[Path, Path, dict]:
+def small_builds(
+    tmp_path_factory: pytest.TempPathFactory, inventory: dc.DemoInventory
+) -> tuple[Path, Path, dict]:
     """The small demo built twice: in-process through the stage runner, and with a pool of 2 workers."""
     from ssondo_train.stages.base import run_stage
     from ssondo_train.stages.prepare import STAGE
@@ -210,7 +219,11 @@ def test_small_build_manifests_audio_and_summary(small_builds) -> None:
 
     tasks = {name: read_manifest(out / "tasks" / f"{name}.csv") for name in dc.TASK_NAMES}
     assert {n: len(m.class_names()) for n, m in tasks.items()} == {
-        "instrument_family": 10, "spoken_digits": 10, "ktuberling_language": 13, "sonic_pi_category": 10}
+        "instrument_family": 10,
+        "spoken_digits": 10,
+        "ktuberling_language": 13,
+        "sonic_pi_category": 10,
+    }
     for name, man in tasks.items():
         assert set(man.splits()) == {"train", "valid", "test"}, name
         assert all(man.abs_path(c).is_file() for c in man)

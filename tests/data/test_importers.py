@@ -51,7 +51,9 @@ def test_folder_import_labels_from_parent_and_duplicate_ids(tmp_path: Path, writ
     write_audio("set/cat/2.wav", kind="tone")
     manifest, failures = import_folder(tmp_path / "set", label_from_parent=True, split="train", source="pets")
     assert [(c.clip_id, c.labels, c.split) for c in manifest] == [
-        ("cat__2", ("cat",), "train"), ("dog__1", ("dog",), "train")]
+        ("cat__2", ("cat",), "train"),
+        ("dog__1", ("dog",), "train"),
+    ]
     assert [(f.path, f.reason) for f in failures] == [("dog/1.wav", "duplicate_clip_id")]
     assert manifest.class_names() == ["cat", "dog"]
 
@@ -88,8 +90,12 @@ def test_audioset_segments_parsing_skips_every_comment_line(tmp_path: Path) -> N
     csv_path.write_text(SEGMENTS)
     segments, failures = read_audioset_segments(csv_path)
     assert [s.clip_id for s in segments] == [
-        "--PJHxphWEs_30.000_40.000", "-0RWZT-miFs_420.000_430.000", "_aB_c-123_0.500_10.500",
-        "missing_id_10.000_20.000", "--PJHxphWEs_30.000_40.000"]
+        "--PJHxphWEs_30.000_40.000",
+        "-0RWZT-miFs_420.000_430.000",
+        "_aB_c-123_0.500_10.500",
+        "missing_id_10.000_20.000",
+        "--PJHxphWEs_30.000_40.000",
+    ]
     assert segments[0].labels == ("/m/09x0r", "/t/dd00088")
     assert [(f.path, f.reason) for f in failures] == [("eval_segments.csv:11", "bad_row")]
 
@@ -107,7 +113,10 @@ def test_audioset_import_matches_local_files(tmp_path: Path, write_audio: Callab
     result = import_audioset(csv_path, tmp_path / "AudioSet", class_labels_csv=labels_path)
     m = result.manifest
     assert [c.clip_id for c in m] == [
-        "--PJHxphWEs_30.000_40.000", "-0RWZT-miFs_420.000_430.000", "_aB_c-123_0.500_10.500"]
+        "--PJHxphWEs_30.000_40.000",
+        "-0RWZT-miFs_420.000_430.000",
+        "_aB_c-123_0.500_10.500",
+    ]
     assert m.clips[0].labels == ("Speech", "Male speech, man speaking")
     assert m.clips[0].path == "eval/-/--PJHxphWEs_30.000_40.000.wav"
     assert m.clips[2].labels == ("Speech", "/m/unknown")
@@ -119,7 +128,11 @@ def test_audioset_import_matches_local_files(tmp_path: Path, write_audio: Callab
     assert result.unknown_labels == ["/m/unknown"]
     assert [f.reason for f in result.failures] == ["bad_row"]
     assert m.class_counts() == {
-        "/m/unknown": 1, "Keys jangling": 1, "Male speech, man speaking": 1, "Speech": 2}
+        "/m/unknown": 1,
+        "Keys jangling": 1,
+        "Male speech, man speaking": 1,
+        "Speech": 2,
+    }
 
     raw = import_audioset(csv_path, tmp_path / "AudioSet", split="balanced_train")
     assert raw.manifest.clips[0].labels == ("/m/09x0r", "/t/dd00088")
@@ -145,8 +158,9 @@ def test_prepare_stage_imports_a_folder_corpus(tmp_path: Path, write_audio: Call
     write_audio("mine/a.wav", seconds=1.0)
     write_audio("mine/sub/b.flac", seconds=2.0)
     (tmp_path / "mine" / "bad.wav").write_bytes(b"nope")
-    cfg = OmegaConf.create({"data": {"kind": "folder", "root": str(tmp_path / "mine"), "license": "CC0-1.0"},
-                            "seed": 0})
+    cfg = OmegaConf.create(
+        {"data": {"kind": "folder", "root": str(tmp_path / "mine"), "license": "CC0-1.0"}, "seed": 0}
+    )
     done = run_stage(STAGE, cfg, tmp_path / "runs" / "r")
     assert done["corpus"]["clips"] == 2 and done["corpus"]["failures"] == 1
     assert done["corpus"]["sources"] == {"mine": 2} and done["corpus"]["licences"] == {"CC0-1.0": 2}
@@ -163,13 +177,18 @@ def test_prepare_stage_imports_a_folder_corpus(tmp_path: Path, write_audio: Call
 
 
 def test_import_corpus_audioset_several_csvs(tmp_path: Path, write_audio: Callable) -> None:
-    (tmp_path / "eval_segments.csv").write_text('# YTID, start_seconds, end_seconds, positive_labels\n'
-                                                'e1, 0.000, 10.000, "/m/a"\nmissing, 0.000, 10.000, "/m/a"\n')
+    (tmp_path / "eval_segments.csv").write_text(
+        "# YTID, start_seconds, end_seconds, positive_labels\n"
+        'e1, 0.000, 10.000, "/m/a"\nmissing, 0.000, 10.000, "/m/a"\n'
+    )
     (tmp_path / "balanced_train_segments.csv").write_text('b1, 5.000, 15.000, "/m/b,/m/a"\n')
     write_audio("as/eval/e/e1_0.000_10.000.wav")
     write_audio("as/bal/b/b1_5.000_15.000.wav")
-    data = {"kind": "audioset", "audio_dir": str(tmp_path / "as"),
-            "segments_csv": [str(tmp_path / n) for n in ("eval_segments.csv", "balanced_train_segments.csv")]}
+    data = {
+        "kind": "audioset",
+        "audio_dir": str(tmp_path / "as"),
+        "segments_csv": [str(tmp_path / n) for n in ("eval_segments.csv", "balanced_train_segments.csv")],
+    }
     figures = import_corpus(data, tmp_path / "out")
     assert figures["corpus"]["clips"] == 2 and figures["corpus"]["missing"] == 1
     manifest = read_manifest(tmp_path / "out" / "corpus.csv")

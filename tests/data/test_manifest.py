@@ -58,8 +58,9 @@ def test_multilabel_class_names_counts_and_filters(tmp_path: Path) -> None:
     assert m.total_seconds == pytest.approx(7.25)
 
 
-@pytest.mark.parametrize("bad", ["/abs/a.wav", "C:/x/a.wav", "\\\\server\\a.wav", "../a.wav",
-                                 "x/../../a.wav", "", "./"])
+@pytest.mark.parametrize(
+    "bad", ["/abs/a.wav", "C:/x/a.wav", "\\\\server\\a.wav", "../a.wav", "x/../../a.wav", "", "./"]
+)
 def test_absolute_and_escaping_paths_are_rejected(bad: str) -> None:
     with pytest.raises(ManifestError):
         ClipEntry("a", bad, 1.0, 16000)
@@ -72,9 +73,11 @@ def test_relative_paths_are_normalised() -> None:
 
 def test_reading_an_absolute_path_row_fails_with_row_number(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
-    path.write_text("# ssondo-manifest v1 root=.\n" + ",".join(COLUMNS) + "\n"
-                    "a,a.wav,1.0,16000,1,,,,,\n"
-                    "b,/etc/passwd,1.0,16000,1,,,,,\n")
+    path.write_text(
+        "# ssondo-manifest v1 root=.\n" + ",".join(COLUMNS) + "\n"
+        "a,a.wav,1.0,16000,1,,,,,\n"
+        "b,/etc/passwd,1.0,16000,1,,,,,\n"
+    )
     with pytest.raises(ManifestError, match=r"row 2.*absolute"):
         read_manifest(path)
 
@@ -84,14 +87,17 @@ def test_duplicate_clip_ids_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="duplicate clip_id.*'a'"):
         Manifest(tmp_path, [*clips, ClipEntry("a", "other.wav", 1.0, 16000)])
     path = tmp_path / "m.csv"
-    path.write_text("# ssondo-manifest v1 root=.\n" + ",".join(COLUMNS) + "\n"
-                    "a,a.wav,1.0,16000,1,,,,,\na,b.wav,1.0,16000,1,,,,,\n")
+    path.write_text(
+        "# ssondo-manifest v1 root=.\n" + ",".join(COLUMNS) + "\n"
+        "a,a.wav,1.0,16000,1,,,,,\na,b.wav,1.0,16000,1,,,,,\n"
+    )
     with pytest.raises(ManifestError, match="duplicate"):
         read_manifest(path)
 
 
-@pytest.mark.parametrize("first", ["clip_id,path\n", "# ssondo-manifest v2 root=.\n",
-                                   "# ssondo-manifest v1 root=/x\n"])
+@pytest.mark.parametrize(
+    "first", ["clip_id,path\n", "# ssondo-manifest v2 root=.\n", "# ssondo-manifest v1 root=/x\n"]
+)
 def test_bad_header_is_rejected(tmp_path: Path, first: str) -> None:
     path = tmp_path / "m.csv"
     path.write_text(first + ",".join(COLUMNS) + "\n")
@@ -112,7 +118,9 @@ def test_bad_entries_are_rejected() -> None:
 
 def test_extra_comment_lines_are_ignored(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
-    path.write_text("# ssondo-manifest v1 root=.\n# made by hand\n" + ",".join(COLUMNS) + "\n"
-                    "# a comment row\na,a.wav,1.0,16000,1,x;y,train,3,s,l\n")
+    path.write_text(
+        "# ssondo-manifest v1 root=.\n# made by hand\n" + ",".join(COLUMNS) + "\n"
+        "# a comment row\na,a.wav,1.0,16000,1,x;y,train,3,s,l\n"
+    )
     m = read_manifest(path)
     assert m.clips == [ClipEntry("a", "a.wav", 1.0, 16000, 1, ("x", "y"), "train", 3, "s", "l")]

@@ -42,7 +42,10 @@ def write_tiny_corpus(folder: Path, n_clips: int = 24, seed: int = 0, bad: bool 
         sf.write(str(audio / "silent.wav"), np.zeros(16000, np.float32), 16000)
         rows.append("silent,silent.wav,1.0,16000,1,,,,test,CC0-1.0")
     manifest = folder / "corpus.csv"
-    header = "# ssondo-manifest v1 root=audio\nclip_id,path,duration,sample_rate,channels,labels,split,fold,source,license\n"
+    header = (
+        "# ssondo-manifest v1 root=audio\n"
+        "clip_id,path,duration,sample_rate,channels,labels,split,fold,source,license\n"
+    )
     manifest.write_text(header + "\n".join(rows) + "\n")
     return manifest
 

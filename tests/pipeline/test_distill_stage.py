@@ -1,4 +1,4 @@
-"""stage=distill end to end on a tiny store: training, kill/resume determinism, 2-process DDP on CPU (gloo)."""
+"""stage=distill end to end on a tiny store: training, kill/resume determinism, 2-process DDP (CPU, gloo)."""
 
 from __future__ import annotations
 

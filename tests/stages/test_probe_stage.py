@@ -412,7 +412,7 @@ def test_a_real_lightning_distill_checkpoint_loads_weights_only(tmp_path, compos
     ck = pm.load_distill_checkpoint(tmp_path / "last.ckpt")
     trained = module.student.state_dict()
     assert all(torch.equal(v, trained[k].cpu()) for k, v in ck.student.state_dict().items())
-    # The loader folds the length scale of the scale-free cosine loss into the std (teacher = proj·std + mean).
+    # The loader folds the length scale of the scale-free cosine loss into the std (teacher = proj·std+mean).
     assert float(norm.scale) != 1.0
     torch.testing.assert_close(ck.target_std, norm.std * norm.scale)
     torch.testing.assert_close(ck.target_mean, norm.mean)

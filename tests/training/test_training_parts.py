@@ -15,8 +15,20 @@ from ssondo_train.training.schedule import WarmupRampdown
 
 def test_schedule_matches_the_efficientat_values():
     s = WarmupRampdown()  # warm-up 8, ramp-down 80 -> 175, floor 0.01
-    expected = {0: 0.01234, 1: 0.02175, 2: 0.0600, 4: 0.2865, 7: 0.9249, 8: 1.0, 80: 1.0, 100: 0.7916,
-                150: 0.2705, 174: 0.0204, 175: 0.01, 300: 0.01}
+    expected = {
+        0: 0.01234,
+        1: 0.02175,
+        2: 0.0600,
+        4: 0.2865,
+        7: 0.9249,
+        8: 1.0,
+        80: 1.0,
+        100: 0.7916,
+        150: 0.2705,
+        174: 0.0204,
+        175: 0.01,
+        300: 0.01,
+    }
     for epoch, value in expected.items():
         assert s(epoch) == pytest.approx(value, abs=6e-5), epoch
 
@@ -29,7 +41,9 @@ def test_schedule_is_continuous_between_epochs():
 
 
 def _net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.01), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.01), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+    )
 
 
 def test_recalibration_sets_running_stats_to_the_data_statistics():
