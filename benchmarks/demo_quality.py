@@ -4,7 +4,7 @@ For each run (``outputs/<run>/probe/results.json``): per-task scores of every mo
 log-mel-to-teacher gap that the distilled student closes on the cross-soundfont instrument task, the mean over
 tasks of student vs untrained student, and retention vs the teacher. Writes ``results/demo_quality.json``.
 
-    .venv/bin/python benchmarks/demo_quality.py demo demo_long
+    .venv/bin/python benchmarks/demo_quality.py demo "demo_long=44 epochs"
 """
 
 from __future__ import annotations
@@ -26,16 +26,27 @@ def summarise(run: str) -> dict:
     if all(inst.get(k) is not None for k in ("teacher", "logmel", "student")):
         gap = round((inst["student"] - inst["logmel"]) / (inst["teacher"] - inst["logmel"]), 3)
     history = distill.get("history", [])
-    cfg = distill["config"]["distill"]
+    full = distill["config"]
+    cfg = full["distill"]
+    stage_seconds = {}
+    for stage in ("prepare", "precompute", "cluster", "distill", "probe", "export"):
+        done = ROOT / "outputs" / run / stage / "done.json"
+        if done.is_file():
+            stage_seconds[stage] = round(float(json.loads(done.read_text()).get("seconds", 0.0)), 1)
     return {
         "recipe": {
             "epochs": cfg["epochs"],
             "updates": distill["steps"],
             "batch_size": cfg["batch_size"],
+            "samples_per_epoch": full.get("sampler", {}).get("num_samples"),
+            "window_seconds": full.get("precompute", {}).get("window_seconds"),
             "target_norm": cfg["target_norm"],
             "lr": cfg["lr"],
+            "schedule": [cfg.get("warm_up_len"), cfg.get("ramp_down_start"), cfg.get("ramp_down_len")],
+            "channels_last": full.get("trainer", {}).get("channels_last", False),
             "distill_seconds": distill["seconds"],
         },
+        "stage_seconds": stage_seconds,
         "val_cosine_first_last": [history[0].get("val/cosine"), history[-1].get("val/cosine")]
         if history
         else None,
@@ -53,8 +64,12 @@ def summarise(run: str) -> dict:
 
 
 def main() -> None:
-    runs = sys.argv[1:] or ["demo"]
-    write_result("demo_quality", {"runs": {run: summarise(run) for run in runs}})
+    """Arguments: run names, each optionally ``run=what was tried`` (kept as the run's ``description``)."""
+    out = {}
+    for arg in sys.argv[1:] or ["demo"]:
+        run, _, description = arg.partition("=")
+        out[run] = {"description": description or None, **summarise(run)}
+    write_result("demo_quality", {"runs": out})
 
 
 if __name__ == "__main__":

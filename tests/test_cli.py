@@ -150,3 +150,11 @@ def test_experiment_values_override_the_defaults(compose):
     assert cfg.run_name == "demo_long" and cfg.distill.epochs == 44 and cfg.distill.target_norm == "zscore"
     cfg = compose(["stage=distill", "experiment=matpac_mobilenetv3_bds50", "run_name=mine"])
     assert cfg.run_name == "mine" and cfg.teacher.name == "matpac" and cfg.cluster.k == 50
+
+
+def test_val_every_n_epochs_must_divide_the_epochs(compose):
+    from ssondo_train.config.schema import ConfigError, validate_config
+
+    validate_config(compose(["stage=distill", "distill.epochs=6", "distill.val_every_n_epochs=3"]))
+    with pytest.raises(ConfigError, match="val_every_n_epochs=4 must divide distill.epochs=6"):
+        validate_config(compose(["stage=distill", "distill.epochs=6", "distill.val_every_n_epochs=4"]))

@@ -254,12 +254,20 @@ class DistillConfig:
     dymn_anneal: bool = False
     save_top_k: int = 2
     limit_val_batches: int | None = None
+    val_every_n_epochs: int = 1
     log_indices: bool = False
     resume_on_force: bool = False
 
     def __post_init__(self) -> None:
         check_range("distill.batch_size", self.batch_size, 1)
         check_range("distill.epochs", self.epochs, 1)
+        check_range("distill.val_every_n_epochs", self.val_every_n_epochs, 1)
+        if self.epochs % self.val_every_n_epochs:
+            raise ValueError(
+                f"distill.val_every_n_epochs={self.val_every_n_epochs} must divide distill.epochs="
+                f"{self.epochs}: the last epoch must be validated (BatchNorm recalibration and the output "
+                "scale of scale-free losses are set there)"
+            )
         check_range("distill.lr", self.lr, 0.0, low_open=True)
         check_choice("distill.target_norm", self.target_norm, ("none", "center", "zscore"))
         check_range("distill.mixup_alpha", self.mixup_alpha, 0.0)

@@ -341,6 +341,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         limit_val_batches=cfg.limit_val_batches or 1.0,
+        check_val_every_n_epoch=int(cfg.val_every_n_epochs),
         enable_model_summary=False,
     )
     if resume is not None:
