@@ -231,6 +231,19 @@ class SpecAugmentConfig:
     n_masks: int = 2
 
 
+@dataclasses.dataclass
+class FilterAugmentConfig:
+    """Random smooth equalisation of the student's log-mel (``sampling.augment.filter_augment``)."""
+
+    enabled: bool = False
+    max_db: float = 6.0
+    n_points: int = 3
+
+    def __post_init__(self) -> None:
+        check_range("distill.filter_augment.max_db", self.max_db, 0.0)
+        check_range("distill.filter_augment.n_points", self.n_points, 0)
+
+
 @register_schema("distill")
 @dataclasses.dataclass
 class DistillConfig:
@@ -249,6 +262,7 @@ class DistillConfig:
     target_norm: str = "none"
     mixup_alpha: float = 0.0
     spec_augment: SpecAugmentConfig = dataclasses.field(default_factory=SpecAugmentConfig)
+    filter_augment: FilterAugmentConfig = dataclasses.field(default_factory=FilterAugmentConfig)
     bn_recalibration: bool = True
     bn_recalibration_items: int = 512
     dymn_anneal: bool = False

@@ -96,3 +96,42 @@ def spec_augment(
     if n_masks > 0 and time_mask > 0:
         mask |= _band_masks(n_time, time_mask, n_masks, rows, generator, logmel.device)[:, None, :]
     return flat.masked_fill(mask, mask_value).reshape(logmel.shape)
+
+
+def filter_augment(logmel: Tensor, max_db: float, n_points: int, generator: np.random.Generator) -> Tensor:
+    """Random smooth equalisation, drawn independently for every example (and segment).
+
+    A gain curve over the frequency bands, linear between ``n_points`` control points at random band positions
+    plus both ends, each gain uniform in ``[-max_db, max_db]`` dB, is added to the natural-log mel (a gain on
+    the band power: ``dB * ln(10) / 10``). The student then maps differently coloured versions of a window to
+    the same teacher target, which favours timbre features that survive a change of microphone, room or
+    synthesiser (the idea of FilterAugment, Nam et al., ICASSP 2022).
+
+    Args:
+        logmel: (..., F, T) natural-log mel.
+        max_db: largest gain magnitude in dB (0 returns the input unchanged).
+        n_points: interior control points of the curve (0: one linear tilt between the two ends).
+        generator: NumPy random generator.
+
+    Returns:
+        equalised copy of ``logmel`` (same shape, dtype and device).
+    """
+    if logmel.ndim < 2:
+        raise ValueError(f"filter_augment: input must be (..., F, T), got {tuple(logmel.shape)}")
+    if max_db < 0 or n_points < 0:
+        raise ValueError("filter_augment: max_db and n_points must be >= 0")
+    if max_db == 0:
+        return logmel.clone()
+    *lead, n_freq, n_time = logmel.shape
+    rows = int(np.prod(lead)) if lead else 1
+    bands = np.arange(n_freq, dtype=np.float64)
+    inner = np.sort(generator.uniform(0.0, n_freq - 1.0, size=(rows, n_points)), axis=1)
+    gains_db = generator.uniform(-max_db, max_db, size=(rows, n_points + 2))
+    curves = np.stack(
+        [
+            np.interp(bands, np.concatenate([[0.0], inner[r], [n_freq - 1.0]]), gains_db[r])
+            for r in range(rows)
+        ]
+    )
+    shift = torch.as_tensor(curves * (np.log(10.0) / 10.0), dtype=logmel.dtype, device=logmel.device)
+    return (logmel.reshape(rows, n_freq, n_time) + shift[:, :, None]).reshape(logmel.shape)

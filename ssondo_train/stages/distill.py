@@ -155,6 +155,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     from ssondo_train.config.schema import to_schema
     from ssondo_train.losses import build_loss
+    from ssondo_train.sampling.augment import filter_augment as filter_augment_fn
     from ssondo_train.sampling.augment import spec_augment as spec_augment_fn
     from ssondo_train.stages.precompute import SPLITS_FILE, STORE_DIR
     from ssondo_train.store import open_store
@@ -238,12 +239,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     student = build_student_model(student_cfg, store.dim)
     frontend = StudentFrontEnd()
     loss = build_loss(loss_cfg.name, **loss_cfg.params)
-    sa = cfg.spec_augment
-    spec_aug = None
+    sa, fa = cfg.spec_augment, cfg.get("filter_augment") or {"enabled": False}
+    augments = []
+    if fa["enabled"]:
+        augments.append(lambda x, rng: filter_augment_fn(x, float(fa["max_db"]), int(fa["n_points"]), rng))
     if sa.enabled:
+        augments.append(
+            lambda x, rng: spec_augment_fn(x, int(sa.freq_mask), int(sa.time_mask), int(sa.n_masks), rng)
+        )
+    spec_aug = None
+    if augments:
 
-        def spec_aug(x, rng, _sa=sa):
-            return spec_augment_fn(x, int(_sa.freq_mask), int(_sa.time_mask), int(_sa.n_masks), rng)
+        def spec_aug(x, rng, _augments=tuple(augments)):
+            for aug in _augments:
+                x = aug(x, rng)
+            return x
 
     optim = OptimConfig(
         lr=float(cfg.lr),

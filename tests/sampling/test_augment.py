@@ -73,3 +73,27 @@ def test_spec_augment_disabled_and_mask_value() -> None:
     assert torch.equal(m, m.any(dim=1, keepdim=True).expand_as(m))
     with pytest.raises(ValueError, match=">= 0"):
         spec_augment(x, -1, 0, 1, np.random.default_rng(0))
+
+
+def test_filter_augment_is_a_bounded_smooth_gain_per_example() -> None:
+    from ssondo_train.sampling.augment import filter_augment
+
+    x = torch.randn(6, 1, 128, 50)
+    out = filter_augment(x, 6.0, 3, np.random.default_rng(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    shift = out - x
+    # one gain per band, constant over time, within +-6 dB (natural-log units), different per example
+    torch.testing.assert_close(shift, shift[..., :1].expand_as(shift))
+    curve = shift[:, 0, :, 0]
+    assert float(curve.abs().max()) <= 6.0 * np.log(10) / 10 + 1e-6
+    assert float(curve.abs().max()) > 0.3 and not torch.allclose(curve[0], curve[1])
+    # piecewise linear: second differences vanish except at the (at most 3) interior control points
+    kinks = (curve.diff(dim=1).diff(dim=1).abs() > 1e-5).sum(dim=1)
+    assert int(kinks.max()) <= 2 * 3
+    # reproducible from the generator; 0 dB is the identity; n_points=0 is a straight tilt
+    torch.testing.assert_close(out, filter_augment(x, 6.0, 3, np.random.default_rng(0)))
+    torch.testing.assert_close(filter_augment(x, 0.0, 3, np.random.default_rng(1)), x)
+    tilt = (filter_augment(x, 6.0, 0, np.random.default_rng(2)) - x)[:, 0, :, 0]
+    assert float(tilt.diff(dim=1).diff(dim=1).abs().max()) < 1e-5
+    with pytest.raises(ValueError):
+        filter_augment(x, -1.0, 3, np.random.default_rng(0))
