@@ -110,8 +110,10 @@ def test_every_config_file_composes_and_validates(compose, group, option):
 def test_every_experiment_composes_and_validates(compose, experiment):
     from ssondo_train.config.schema import validate_config
 
-    cfg = compose(["stage=distill", f"experiment={experiment}"])
-    validate_config(cfg)
+    for stage in stage_names():
+        cfg = compose([f"stage={stage}", f"experiment={experiment}"])
+        typed = validate_config(cfg)
+        assert stage == "prepare" or stage in typed, stage  # prepare's settings are the data group
 
 
 def test_bad_value_fails_at_start_up_naming_the_key(tmp_path):
