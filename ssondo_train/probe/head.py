@@ -495,7 +495,8 @@ def fit_linear_probe(
     # strongest regularisation first: it converges fastest and is the best warm start for the next one
     wds_sorted = sorted({float(w) for w in weight_decays}, reverse=True)
     grid: list[GridPoint] = []
-    fitted: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept for refit=False (K x D x C floats, small)
+    # every grid fit (K x D x C floats, small): the head when refit=False, the refit's warm start otherwise
+    fitted: list[tuple[torch.Tensor, torch.Tensor]] = []
     # The grid's fits only serve the choice on validation; the returned head comes from the refit when
     # refit=True, so the grid may stop earlier.
     fit_tol = max(tol, grid_tol) if refit else tol

@@ -239,10 +239,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     student = build_student_model(student_cfg, store.dim)
     frontend = StudentFrontEnd()
     loss = build_loss(loss_cfg.name, **loss_cfg.params)
-    sa, fa = cfg.spec_augment, cfg.get("filter_augment") or {"enabled": False}
+    sa, fa = cfg.spec_augment, cfg.filter_augment
     augments = []
-    if fa["enabled"]:
-        augments.append(lambda x, rng: filter_augment_fn(x, float(fa["max_db"]), int(fa["n_points"]), rng))
+    if fa.enabled:
+        augments.append(lambda x, rng: filter_augment_fn(x, float(fa.max_db), int(fa.n_points), rng))
     if sa.enabled:
         augments.append(
             lambda x, rng: spec_augment_fn(x, int(sa.freq_mask), int(sa.time_mask), int(sa.n_masks), rng)
