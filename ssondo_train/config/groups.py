@@ -269,6 +269,7 @@ class DistillConfig:
     save_top_k: int = 2
     limit_val_batches: int | None = None
     val_every_n_epochs: int = 1
+    ema_decay: float | None = None
     log_indices: bool = False
     resume_on_force: bool = False
 
@@ -283,6 +284,8 @@ class DistillConfig:
                 "scale of scale-free losses are set there)"
             )
         check_range("distill.lr", self.lr, 0.0, low_open=True)
+        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
+            raise ValueError(f"distill.ema_decay must be null or in (0, 1), got {self.ema_decay}")
         check_choice("distill.target_norm", self.target_norm, ("none", "center", "zscore"))
         check_range("distill.mixup_alpha", self.mixup_alpha, 0.0)
         if len(self.betas) != 2:
@@ -299,6 +302,7 @@ PROBE_FIT_KEYS = (
     "tol",
     "grid_tol",
     "path_patience",
+    "select_by",
 )
 
 

@@ -283,6 +283,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             LabelTask(tuple(class_names), label_weight, loss_cfg.label_loss) if label_weight > 0 else None
         ),
         channels_last=trainer_cfg.channels_last,
+        ema_decay=cfg.ema_decay,
     )
 
     # ---- run folder: checkpoints, loggers, resume --------------------------------------------------------
@@ -387,6 +388,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "label_loss": loss_cfg.label_loss if label_weight > 0 else None,
         "classes": class_names,
         "target_norm": cfg.target_norm,
+        "ema_decay": cfg.ema_decay,
         "history": summary_rows,
         "checkpoints": {
             "last": str(last.relative_to(ctx.run_dir)),
@@ -408,6 +410,8 @@ def _make_dymn_anneal():
             if hasattr(backbone, "anneal"):
                 t = backbone.anneal(trainer.current_epoch)
                 pl_module.log("dymn/temperature", float(t), on_epoch=True)
+                if pl_module.student_ema is not None:  # the temperature is an attribute, not averaged
+                    pl_module.student_ema.model.anneal(trainer.current_epoch)
 
     return DymnAnneal
 

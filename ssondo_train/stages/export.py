@@ -94,6 +94,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ),
         "checkpoint": str(ckpt.relative_to(ctx.run_dir)) if ckpt.is_relative_to(ctx.run_dir) else str(ckpt),
         "step": _step(ckpt),
+        "weights": loaded.weights,
         "files": rel,
         "embedding_dim": int(emb.shape[-1]),
         "segment_seconds": seg_s,

@@ -1,6 +1,7 @@
 """Reading distill checkpoints back: the student, its target normalisation and the run config.
 
-Lightning checkpoints of ``stage=distill`` hold the LightningModule state (``student.*``, ``target_norm.*``)
+Lightning checkpoints of ``stage=distill`` hold the LightningModule state (``student.*``, ``target_norm.*``,
+and ``student_ema.*`` when ``distill.ema_decay`` is set: the weight average, which readers prefer)
 and the resolved run config under ``ssondo_train_config`` as plain containers, so they load with
 ``torch.load(weights_only=True)``.
 """
@@ -19,7 +20,15 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 # State-dict prefixes a distill LightningModule writes; anything else is reported and ignored.
-CHECKPOINT_PREFIXES: tuple[str, ...] = ("student.", "target_norm.", "loss.", "frontend.", "label_head.")
+CHECKPOINT_PREFIXES: tuple[str, ...] = (
+    "student.",
+    "student_ema.",
+    "target_norm.",
+    "loss.",
+    "frontend.",
+    "label_head.",
+)
+EMA_PREFIX = "student_ema."
 
 
 @dataclass
@@ -33,6 +42,7 @@ class DistillCheckpoint:
     config: dict[str, Any]
     sha256: str
     ignored_keys: list[str] = field(default_factory=list)
+    weights: str = "trained"  # "ema" when the student holds the checkpoint's weight average
 
 
 def _load_pickle(path: Path) -> Any:
@@ -44,8 +54,11 @@ def _load_pickle(path: Path) -> Any:
     return safe_torch_load(path)
 
 
-def load_distill_checkpoint(path: str | Path) -> DistillCheckpoint:
+def load_distill_checkpoint(path: str | Path, weights: str = "auto") -> DistillCheckpoint:
     """Rebuild the student of a distill ``.ckpt`` (Lightning) and load its weights strictly.
+
+    ``weights``: ``"auto"`` loads the weight average (``student_ema.*``) when the run kept one, else the
+    trained weights; ``"trained"`` always loads ``student.*``; ``"ema"`` requires the average.
 
     The LightningModule state dict holds ``student.model.*``, ``student.classification_head.*`` and
     ``target_norm.mean`` / ``target_norm.std``; the run config is stored under ``ssondo_train_config`` as
@@ -77,7 +90,14 @@ def load_distill_checkpoint(path: str | Path) -> DistillCheckpoint:
             raise ValueError(f"{path}: state_dict has no {key!r}")
     teacher_dim = int(state["student.classification_head.mlp.3.weight"].shape[0])
     student = build_student_model(student_cfg, teacher_dim)
-    sub = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+    has_ema = any(k.startswith(EMA_PREFIX) for k in state)
+    if weights not in ("auto", "trained", "ema"):
+        raise ValueError(f"weights must be 'auto', 'trained' or 'ema', got {weights!r}")
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{path}: no weight average (student_ema.*) in this checkpoint")
+    use_ema = has_ema and weights != "trained"
+    prefix = EMA_PREFIX if use_ema else "student."
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     try:
         student.load_state_dict(sub, strict=True)
     except RuntimeError as err:
@@ -98,7 +118,9 @@ def load_distill_checkpoint(path: str | Path) -> DistillCheckpoint:
         raise ValueError(
             f"{path}: target_norm buffers {tuple(mean.shape)}/{tuple(std.shape)} != ({teacher_dim},)"
         )
-    return DistillCheckpoint(path, student.eval(), mean, std, config, sha256_file(path), ignored)
+    return DistillCheckpoint(
+        path, student.eval(), mean, std, config, sha256_file(path), ignored, "ema" if use_ema else "trained"
+    )
 
 
 def checkpoint_target_norm(ckpt: DistillCheckpoint) -> str:

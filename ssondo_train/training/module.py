@@ -10,6 +10,7 @@ trained on the corpus labels, and the objective becomes ``λ · label + (1 − �
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from ssondo_train.losses.base import DistillLoss, MixInfo
 from ssondo_train.losses.label import CombinedLoss, LabelLoss
 from ssondo_train.training.batchnorm import recalibrate_batchnorm
+from ssondo_train.training.ema import ema_decay_at, ema_update
 from ssondo_train.training.schedule import WarmupRampdown
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,10 @@ class DistillModule(L.LightningModule):
             validation, or None to keep the running statistics as trained.
         label_task: adds ``label_head`` (Linear(emb_size, C) on the mean-over-segments backbone embedding,
             never the KD projector) and mixes its loss with λ; batches must then carry ``labels`` (B, C).
+        channels_last: run the student's convolutions in NHWC layout.
+        ema_decay: keep ``student_ema``, an exponential moving average of the student (``training.ema``);
+            validation and BatchNorm recalibration then use it, and checkpoint readers prefer its
+            ``student_ema.*`` weights over the trained ``student.*`` ones. None disables it.
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class DistillModule(L.LightningModule):
         index_log_dir: str | None = None,
         label_task: LabelTask | None = None,
         channels_last: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.channels_last = bool(channels_last)
@@ -174,6 +181,11 @@ class DistillModule(L.LightningModule):
             # layout cuDNN prefers for bf16; parameters and state-dict keys are unchanged.
             student = student.to(memory_format=torch.channels_last)
         self.student = student
+        self.ema_decay = float(ema_decay) if ema_decay is not None else None
+        # Not a trainable part: the optimiser only sees trainable_parameters(); saved in checkpoints.
+        self.student_ema: nn.Module | None = (
+            copy.deepcopy(student).requires_grad_(False) if self.ema_decay is not None else None
+        )
         self.frontend = frontend
         self.loss = loss
         self.label_task = label_task
@@ -210,6 +222,11 @@ class DistillModule(L.LightningModule):
     def uses_kd(self) -> bool:
         """False for the supervised baseline (λ = 1): no projector output, no teacher targets in the loss."""
         return self.label_weight < 1.0
+
+    @property
+    def evaluated_student(self) -> nn.Module:
+        """The network that is validated and shipped: the weight average when EMA is on, else the student."""
+        return self.student_ema if self.student_ema is not None else self.student
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = list(self.student.parameters())
@@ -318,6 +335,11 @@ class DistillModule(L.LightningModule):
         # consume: reseeding per (step, rank) gives a resumed run the same masks as an uninterrupted one.
         torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2**63 - 1))
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.student_ema is not None and self.ema_decay is not None:
+            # global_step already counts this batch's update; it is restored on resume, and so is the average.
+            ema_update(self.student_ema, self.student, ema_decay_at(self.ema_decay, self.global_step))
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = [p.grad.detach().norm(2) for p in self.trainable_parameters() if p.grad is not None]
         if norms:
@@ -330,13 +352,14 @@ class DistillModule(L.LightningModule):
             self._pred_norm_sum, self._pred_norm_count = 0.0, 0
         if self.recalibration_batches is not None:
             batches = (self.logmel(a.to(self.device)) for a in self.recalibration_batches())
-            recalibrate_batchnorm(self.student.model, batches, max_items=self.recalibration_items)
+            recalibrate_batchnorm(self.evaluated_student.model, batches, max_items=self.recalibration_items)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         bsz = batch["logmel"].shape[0]
         kd_loss: Tensor | None = None
+        net = self.evaluated_student
         if self.uses_kd:
-            proj, emb = self.student(batch["logmel"])
+            proj, emb = net(batch["logmel"])
             teacher = batch["target"].float()
             kd_loss = self.loss(proj.float(), self.target_norm(teacher), batch.get("cluster"), None)
             self.log("val/kd_loss", kd_loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=bsz)
@@ -346,7 +369,7 @@ class DistillModule(L.LightningModule):
             if mean is not None:
                 self._val_mean_cos.append(F.cosine_similarity(mean, teacher, dim=-1).detach())
         else:
-            emb = self.student.model(batch["logmel"])
+            emb = net.model(batch["logmel"])
         if self.label_head is None or self.label_loss is None:
             return
         logits = self._label_logits(emb)

@@ -26,6 +26,8 @@ DISTILL = [
     "trainer.deterministic=true",
     "distill.bn_recalibration_items=16",
     "distill.log_indices=true",
+    # the weight average is part of the state a resume must restore exactly
+    "distill.ema_decay=0.9",
 ]
 
 
@@ -81,6 +83,25 @@ def test_distill_trains_and_records(uninterrupted):
     assert (uninterrupted / "t" / "distill" / "logs" / "metrics.csv").exists()
     lines = (uninterrupted / "t" / "distill" / "indices.rank0.txt").read_text().splitlines()
     assert len(lines) == 12 and all(len(line.split()) == 5 for line in lines)
+
+
+def test_weight_average_is_checkpointed_and_preferred_by_readers(uninterrupted):
+    from ssondo_train.training.checkpoint import load_distill_checkpoint
+
+    path = uninterrupted / "t" / "distill" / "checkpoints" / "last.ckpt"
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    trained = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+    average = {k[len("student_ema.") :]: v for k, v in state.items() if k.startswith("student_ema.")}
+    assert trained.keys() == average.keys()
+    name = "classification_head.mlp.3.weight"
+    assert not torch.equal(trained[name], average[name])  # 12 updates at decay <= 0.9: not a copy
+    ema = load_distill_checkpoint(path)
+    assert ema.weights == "ema" and not ema.ignored_keys
+    for k, v in ema.student.state_dict().items():
+        torch.testing.assert_close(v, average[k], rtol=0, atol=0, msg=k)
+    raw = load_distill_checkpoint(path, weights="trained")
+    assert raw.weights == "trained"
+    torch.testing.assert_close(raw.student.state_dict()[name], trained[name], rtol=0, atol=0)
 
 
 def test_killed_run_resumes_to_the_same_weights(prepared, uninterrupted, tmp_path):

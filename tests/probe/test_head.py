@@ -314,3 +314,53 @@ def test_warm_started_refit_equals_a_cold_fit_on_train_plus_valid() -> None:
     np.testing.assert_allclose(
         predict_logits(res.head, res.stats, xte), predict_logits(cold.head, cold.stats, xte), atol=2e-3
     )
+
+
+def test_lbfgs_solves_an_ill_conditioned_quadratic_in_no_more_evaluations_than_torch_lbfgs() -> None:
+    from ssondo_train.probe.head import _lbfgs
+
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.float64))
+    h = q @ torch.diag(torch.logspace(-1, 1, 30, dtype=torch.float64)) @ q.T  # condition number 100
+    b = torch.randn(30, dtype=torch.float64)
+
+    def fun(z):
+        return 0.5 * z @ h @ z - b @ z, h @ z - b
+
+    z0 = torch.zeros(30, dtype=torch.float64)
+    z, evals = _lbfgs(fun, z0, max_iter=500, max_eval=600, tol=1e-6, tol_change=0.0)
+    assert float(fun(z)[1].abs().max()) <= 1e-6
+    torch.testing.assert_close(z, torch.linalg.solve(h, b), rtol=0, atol=1e-5)
+    p = z0.clone().requires_grad_(True)
+    ref = torch.optim.LBFGS(
+        [p], max_iter=500, max_eval=600, tolerance_grad=1e-6, tolerance_change=0.0, history_size=20,
+        line_search_fn="strong_wolfe",
+    )  # fmt: skip
+    ref_evals = 0
+
+    def closure():
+        nonlocal ref_evals
+        ref_evals += 1
+        ref.zero_grad()
+        f = fun(p)[0]
+        f.backward()
+        return f
+
+    ref.step(closure)
+    assert evals <= ref_evals, (evals, ref_evals)  # 63 vs 84: full steps need no line-search evaluations
+
+
+def test_select_by_loss_picks_the_smallest_validation_loss() -> None:
+    x, y = blobs(400, 40, 4, sep=0.35, seed=7)
+    xtr, ytr, xva, yva = x[:150], y[:150], x[150:], y[150:]
+    wds = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3)
+    res = fit_linear_probe(
+        xtr, ytr, xva, yva, "multiclass", 4, weight_decays=wds, path_patience=None, select_by="loss"
+    )
+    losses = [g.val_loss for g in res.grid]
+    assert all(np.isfinite(losses)) and res.weight_decay == wds[int(np.argmin(losses))]
+    # the loss of the selected head is the mean cross-entropy of its validation predictions
+    by_metric = fit_linear_probe(xtr, ytr, xva, yva, "multiclass", 4, weight_decays=wds, path_patience=None)
+    assert [g.val_score for g in by_metric.grid] == [g.val_score for g in res.grid]
+    with pytest.raises(ValueError, match="select_by"):
+        fit_linear_probe(xtr, ytr, xva, yva, "multiclass", 4, select_by="auc")
