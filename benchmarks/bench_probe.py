@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
         "weight_decays": list(wds),
         "ours_selected_weight_decay": wd,
         "sklearn_selected_weight_decay": sk_wd,
-        "ours_settings": {"tol": 1e-4, "grid_tol": 1e-3, "path_patience": 3, "max_epochs": 300},
+        "ours_settings": {"tol": 1e-4, "grid_tol": 1e-3, "path_patience": 3, "max_epochs": 300, "solver": "lbfgs"},
         "ours_grid_points_fitted": len(res_grid.grid),
         "ours_grid_evals": [g.n_evals for g in res_grid.grid],
         "repeats": REPEATS,

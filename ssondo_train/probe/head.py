@@ -15,12 +15,12 @@ loss is the sum over classes of each class's mean binary cross-entropy over its 
 independent logistic regression per class. ``weight_decay`` relates to scikit-learn's ``C`` by
 ``C = 1 / (weight_decay * n_train)``.
 
-The default solver is L-BFGS with a strong-Wolfe line search on preconditioned variables (see ``_solve``:
+The default solver is L-BFGS on preconditioned variables, full step first (see ``_solve`` and ``_lbfgs``:
 one eigendecomposition of the training features' Gram matrix serves every weight decay and the refit). The
 problem is strictly convex, so the solution does not depend on the seed nor on ``lr`` (the line search picks
 the step); ``lr`` only matters for the ``"adam"`` solver (full-batch Adam for ``max_epochs`` steps). Grid
 strategies: ``"path"`` fits the weight decays one after the other from the strongest, each warm-started from
-the previous solution, and stops ``path_patience`` points after the best validation score (cheapest on CPU);
+the previous two solutions (linear extrapolation in ``log(wd)``), and stops ``path_patience`` points after the best validation score (cheapest on CPU);
 ``"batched"`` fits all weight decays of one ``lr`` as a single stacked problem (one matmul per step; on a GPU
 a step costs about the same for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path`` otherwise. The
 grid's fits stop at ``grid_tol`` (they only rank weight decays); the refit on train + validation starts from
@@ -429,6 +429,23 @@ def _lbfgs(
     return z, evals
 
 
+def _path_start(
+    path: Sequence[tuple[float, tuple[torch.Tensor, torch.Tensor]]], next_wd: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warm start for ``next_wd`` from the solutions at the previous weight decays (strongest first).
+
+    The regularisation path is smooth in ``log(wd)``: the last two solutions give a linear extrapolation,
+    which starts the next fit much closer to its solution than the last one alone (about half the
+    evaluations over a half-decade grid). With a single solution it is the start.
+    """
+    wd, (w, b) = path[-1]
+    if len(path) < 2:
+        return w, b
+    prev_wd, (pw, pb) = path[-2]
+    r = math.log(next_wd / wd) / math.log(wd / prev_wd)
+    return w + r * (w - pw), b + r * (b - pb)
+
+
 def _restandardise(
     w: torch.Tensor, b: torch.Tensor, old: NormStats, new: NormStats
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -598,12 +615,15 @@ def fit_linear_probe(
                 fitted.append((w[i], b[i]))
             continue
         init, best_score, since_best = None, math.nan, 0
-        for wd in wds_sorted:
+        path: list[tuple[float, tuple[torch.Tensor, torch.Tensor]]] = []  # this lr's (wd, solution)
+        for i, wd in enumerate(wds_sorted):
             wd_t = torch.tensor([wd], device=dev, dtype=torch.float32)
             w, b, ev = _solve(
                 design, yt, mt, task_type, wd_t, lr, max_epochs, solver, init, n_classes, fit_tol
             )
-            init = (w, b)
+            path.append((wd, (w, b)))
+            if i + 1 < len(wds_sorted):
+                init = _path_start(path, wds_sorted[i + 1])
             grid.append(point(lr, wd, w[0], b[0], ev))
             fitted.append((w[0], b[0]))
             score = criterion(grid[-1])
