@@ -19,11 +19,12 @@ The default solver is L-BFGS on preconditioned variables, full step first (see `
 one eigendecomposition of the training features' Gram matrix serves every weight decay and the refit). The
 problem is strictly convex, so the solution does not depend on the seed nor on ``lr`` (the line search picks
 the step); ``lr`` only matters for the ``"adam"`` solver (full-batch Adam for ``max_epochs`` steps). Grid
-strategies: ``"path"`` fits the weight decays one after the other from the strongest, each warm-started from
-the previous two solutions (linear extrapolation in ``log(wd)``), and stops ``path_patience`` points after the best validation score (cheapest on CPU);
-``"batched"`` fits all weight decays of one ``lr`` as a single stacked problem (one matmul per step; on a GPU
-a step costs about the same for 1 or 10 heads). ``"auto"`` picks ``batched`` on CUDA, ``path`` otherwise. The
-grid's fits stop at ``grid_tol`` (they only rank weight decays); the refit on train + validation starts from
+strategies: ``"path"`` fits the weight decays one after the other from the strongest, each warm-started by
+extrapolating the previous two solutions linearly in ``log(wd)``, and stops ``path_patience`` points after
+the best validation score (cheapest on CPU); ``"batched"`` fits all weight decays of one ``lr`` as a single
+stacked problem (one matmul per step; on a GPU a step costs about the same for 1 or 10 heads). ``"auto"``
+picks ``batched`` on CUDA, ``path`` otherwise. The grid's fits stop at ``grid_tol`` (they only rank weight
+decays); the refit on train + validation starts from
 the selected solution and runs to ``tol``.
 """
 
