@@ -16,9 +16,10 @@ Comparisons (scikit-learn's ``C = 1 / (weight_decay * n_train)`` gives both the 
 
 sklearn uses ``tol=1e-4`` (its default) and ``max_iter=1000``. Ours uses its defaults: ``tol=1e-4`` on the
 preconditioned gradient for the returned fit, ``grid_tol=1e-3`` for the grid's fits (they only rank the weight
-decays) and ``path_patience=3`` (the path stops three points past the best validation score); the refit is
-warm-started from the selected fit. Accuracies are on the test split. Times are wall-clock seconds after a
-warm-up. Every timing is the best of ``--repeats`` runs, ours and sklearn's alike.
+decays) and ``path_patience=3`` (the path stops three points past the best validation score); each point of
+the path starts from the extrapolation of the previous two solutions, and the refit from the selected fit.
+Accuracies are on the test split. Times are wall-clock seconds after a warm-up. Every timing is the best of
+``--repeats`` runs, ours and sklearn's alike.
 Results are merged into ``benchmarks/results/probe_fit.json`` under ``runs[<label>]``.
 
     python benchmarks/bench_probe.py                    # CPU
@@ -194,7 +195,14 @@ def run(args: argparse.Namespace) -> dict:
         "weight_decays": list(wds),
         "ours_selected_weight_decay": wd,
         "sklearn_selected_weight_decay": sk_wd,
-        "ours_settings": {"tol": 1e-4, "grid_tol": 1e-3, "path_patience": 3, "max_epochs": 300, "solver": "lbfgs"},
+        "ours_settings": {
+            "tol": 1e-4,
+            "grid_tol": 1e-3,
+            "path_patience": 3,
+            "max_epochs": 300,
+            "solver": "lbfgs (full step first)",
+            "path_warm_start": "linear extrapolation in log(wd)",
+        },
         "ours_grid_points_fitted": len(res_grid.grid),
         "ours_grid_evals": [g.n_evals for g in res_grid.grid],
         "repeats": REPEATS,
