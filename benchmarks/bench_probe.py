@@ -12,7 +12,9 @@ Comparisons (scikit-learn's ``C = 1 / (weight_decay * n_train)`` gives both the 
   refit on train + valid. Ours warm-starts along the path (CPU) or fits the grid as one stacked problem
   (CUDA).
 * ``grid_vs_sklearn_default``: our full grid protocol vs one sklearn fit at its default ``C = 1`` on train +
-  valid (what a user without a grid would do). The 10x target refers to this and to ``single``.
+  valid (what a user without a grid would do).
+
+The 10x target is read on ``grid``: what the probe stage runs, the same protocol on both sides.
 
 sklearn uses ``tol=1e-4`` (its default) and ``max_iter=1000``. Ours uses its defaults: ``tol=1e-4`` on the
 preconditioned gradient for the returned fit, ``grid_tol=1e-3`` for the grid's fits (they only rank the weight
