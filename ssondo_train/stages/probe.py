@@ -123,11 +123,36 @@ def parse_task_spec(spec: Any) -> tuple[str, str, str | None, dict[str, Any]]:
 
 
 def task_digest(task: Any) -> str:
-    """What a task's embeddings depend on: clip ids, audio paths and splits (splits drive BN calibration)."""
+    """What a task's embeddings depend on: clip ids, audio files and splits (splits drive BN calibration).
+
+    A file counts by its path relative to the clips' common folder and its size, so a dataset moved or
+    reached through a symbolic link keeps its cached embeddings, while a re-rendered or replaced file (new
+    size) or a changed split does not.
+    """
+    import os
+
     from ssondo_train.probe.models import digest_of
 
+    paths = [Path(c.path) for c in task.clips]
+    try:
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    except ValueError:  # no common folder (different drives): keep full paths
+        root = None
+
+    def identity(path: Path) -> list[Any]:
+        try:
+            size = path.stat().st_size
+        except OSError:  # missing or unreadable: embedding records it as skipped
+            size = -1
+        return [(path.relative_to(root) if root is not None else path).as_posix(), size]
+
     return digest_of(
-        {"name": task.name, "clips": [[c.clip_id, str(c.path), str(c.split)] for c in task.clips]}
+        {
+            "name": task.name,
+            "clips": [
+                [c.clip_id, *identity(p), str(c.split)] for c, p in zip(task.clips, paths, strict=True)
+            ],
+        }
     )
 
 

@@ -417,3 +417,21 @@ def test_a_real_lightning_distill_checkpoint_loads_weights_only(tmp_path, compos
     torch.testing.assert_close(ck.target_std, norm.std * norm.scale)
     torch.testing.assert_close(ck.target_mean, norm.mean)
     assert ck.config["student"]["kwargs"]["width_mult"] == 0.4 and ck.ignored_keys == []
+
+
+def test_task_digest_follows_the_files_not_where_the_dataset_lives(tmp_path):
+    import shutil
+
+    from ssondo_train.stages.probe import task_digest
+
+    manifest = write_task(tmp_path / "a" / "data", per_class=6, bad=False)
+    digest = task_digest(load_any_manifest(manifest))
+    moved = tmp_path / "b" / "elsewhere"
+    shutil.copytree(tmp_path / "a" / "data", moved)
+    assert task_digest(load_any_manifest(moved / "shapes.csv")) == digest
+    link = tmp_path / "link"
+    link.symlink_to(moved, target_is_directory=True)
+    assert task_digest(load_any_manifest(link / "shapes.csv")) == digest
+    with open(moved / "audio" / "tone0.wav", "ab") as fh:  # a re-rendered file
+        fh.write(b"\0" * 64)
+    assert task_digest(load_any_manifest(moved / "shapes.csv")) != digest
