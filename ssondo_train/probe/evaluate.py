@@ -52,7 +52,7 @@ TABLE1_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _feature_matrix(
+def feature_matrix(
     features_by_clip: Mapping[str, np.ndarray], task: ProbeTask, allow_missing: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stack the clips' embeddings ``(N, D)`` and return them with the kept clip indices ``(N,)``."""
@@ -172,7 +172,7 @@ def run_probe(
     """
     if not seeds:
         raise ValueError("need at least one seed")
-    x, kept = _feature_matrix(features_by_clip, task, allow_missing)
+    x, kept = feature_matrix(features_by_clip, task, allow_missing)
     y_all, mask_all = task.targets()
     y, mask = y_all[kept], (None if mask_all is None else mask_all[kept])
     split_of = [task.clips[i].split for i in kept]

@@ -460,10 +460,10 @@ def fit_export_probe(
     Returns:
         ``(ProbeResult, info)`` with ``info`` = fitted_on / n_train / n_val / test_score (or None).
     """
-    from ssondo_train.probe.evaluate import _feature_matrix, fit_on_indices
+    from ssondo_train.probe.evaluate import feature_matrix, fit_on_indices
     from ssondo_train.probe.head import carve_validation, evaluate
 
-    x, kept = _feature_matrix(features_by_clip, task, allow_missing=True)
+    x, kept = feature_matrix(features_by_clip, task, allow_missing=True)
     keep = kept.tolist()
     y_all, mask_all = task.targets()
     y = y_all[keep]

@@ -13,7 +13,7 @@ import torch
 from ssondo_train.probe.evaluate import (
     TABLE1_GROUPS,
     FitMemo,
-    _feature_matrix,
+    feature_matrix,
     fit_on_indices,
     plot_results,
     results_markdown,
@@ -149,7 +149,7 @@ def test_fit_memo_reuses_an_identical_fit() -> None:
     task = ProbeTask("toy-memo", "multiclass", list("abcd"), clips, "splits")
     feats = {str(i): x[i] for i in range(200)}
     memo = FitMemo()
-    x_all, _ = _feature_matrix(feats, task, allow_missing=False)
+    x_all, _ = feature_matrix(feats, task, allow_missing=False)
     tr, va = np.arange(120), np.arange(120, 160)
     first = fit_on_indices(x_all, y, None, task, tr, va, memo=memo, weight_decays=WDS)
     again = fit_on_indices(x_all, y, None, task, tr, va, memo=memo, weight_decays=WDS)
