@@ -302,8 +302,11 @@ def _save_cache(path: Path, emb: Any, model_digest: str, tdigest: str) -> None:
         )
 
 
-def load_cache(path: Path, model_digest: str, tdigest: str) -> Any | None:
-    """The cached :class:`EmbeddedClips` if ``path`` holds this model's embeddings of this task, else None."""
+def load_cache(path: Path, model_digest: str, tdigest: str, check_only: bool = False) -> Any | None:
+    """The cached :class:`EmbeddedClips` if ``path`` holds this model's embeddings of this task, else None.
+
+    ``check_only``: return True instead, after reading only the small digest entries (not the embeddings).
+    """
     from ssondo_train.probe.models import EmbeddedClips
 
     if not path.is_file():
@@ -317,6 +320,8 @@ def load_cache(path: Path, model_digest: str, tdigest: str) -> Any | None:
             ):
                 log.info("probe: cache %s is stale (model or task changed); recomputing", path)
                 return None
+            if check_only:
+                return True
             return EmbeddedClips(
                 [str(c) for c in z["clip_ids"]],
                 z["embeddings"].astype(np.float32),
@@ -413,7 +418,8 @@ def joint_student_embeddings(
     parts = [embedders[label] for label in pair]
     paths = [cache_root / p.digest() / f"{entry.task.name}.npz" for p in parts]
     if any(
-        load_cache(path, p.digest(), entry.digest) is not None for path, p in zip(paths, parts, strict=True)
+        load_cache(path, p.digest(), entry.digest, check_only=True) is not None
+        for path, p in zip(paths, parts, strict=True)
     ):
         return None
     joint = JointStudentEmbedder(*parts)
