@@ -4,7 +4,7 @@ For each run (``outputs/<run>/probe/results.json``): per-task scores of every mo
 log-mel-to-teacher gap that the distilled student closes on the cross-soundfont instrument task, the mean over
 tasks of student vs untrained student, and retention vs the teacher. Writes ``results/demo_quality.json``.
 
-    .venv/bin/python benchmarks/demo_quality.py demo "demo_long=44 epochs"
+    .venv/bin/python benchmarks/demo_quality.py demo "demo_long=44 epochs"   # merged into the file
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from common import ROOT, write_result
+from common import RESULTS, ROOT, write_result
 
 
 def summarise(run: str) -> dict:
@@ -64,11 +64,20 @@ def summarise(run: str) -> dict:
 
 
 def main() -> None:
-    """Arguments: run names, each optionally ``run=what was tried`` (kept as the run's ``description``)."""
-    out = {}
-    for arg in sys.argv[1:] or ["demo"]:
+    """Arguments: run names, each optionally ``run=what was tried`` (kept as the run's ``description``).
+
+    The named runs are (re)summarised and merged into the existing results: other runs stay, and a run
+    named without a description keeps the one it had. ``--only`` writes just the named runs.
+    """
+    args = sys.argv[1:]
+    only = "--only" in args
+    args = [a for a in args if a != "--only"] or ["demo"]
+    path = RESULTS / "demo_quality.json"
+    old = {} if only or not path.is_file() else json.loads(path.read_text()).get("runs", {})
+    out = dict(old)
+    for arg in args:
         run, _, description = arg.partition("=")
-        out[run] = {"description": description or None, **summarise(run)}
+        out[run] = {"description": description or old.get(run, {}).get("description"), **summarise(run)}
     write_result("demo_quality", {"runs": out})
 
 
