@@ -75,6 +75,8 @@ def load_distill_checkpoint(path: str | Path, weights: str = "auto") -> DistillC
     from ssondo_train.stages.distill import build_student_model
     from ssondo_train.utils.io import sha256_file
 
+    if weights not in ("auto", "trained", "ema"):
+        raise ValueError(f"weights must be 'auto', 'trained' or 'ema', got {weights!r}")
     path = Path(path)
     ckpt = _load_pickle(path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "ssondo_train_config" not in ckpt:
@@ -91,8 +93,6 @@ def load_distill_checkpoint(path: str | Path, weights: str = "auto") -> DistillC
     teacher_dim = int(state["student.classification_head.mlp.3.weight"].shape[0])
     student = build_student_model(student_cfg, teacher_dim)
     has_ema = any(k.startswith(EMA_PREFIX) for k in state)
-    if weights not in ("auto", "trained", "ema"):
-        raise ValueError(f"weights must be 'auto', 'trained' or 'ema', got {weights!r}")
     if weights == "ema" and not has_ema:
         raise ValueError(f"{path}: no weight average (student_ema.*) in this checkpoint")
     use_ema = has_ema and weights != "trained"

@@ -336,7 +336,8 @@ class DistillModule(L.LightningModule):
         torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2**63 - 1))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.student_ema is not None and self.ema_decay is not None:
+        if self.student_ema is not None:
+            assert self.ema_decay is not None  # both are set together in __init__
             # global_step already counts this batch's update; it is restored on resume, and so is the average.
             ema_update(self.student_ema, self.student, ema_decay_at(self.ema_decay, self.global_step))
 
