@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+from ssondo_train.config.location import CONFIG_DIR
 
 log = logging.getLogger("ssondo_train")
 
@@ -34,16 +34,20 @@ def _hydra_main(cfg) -> None:  # cfg: DictConfig
             file=sys.stderr,
         )
         sys.exit(2)
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
+    overrides = list(hydra_cfg.overrides.task)
     try:
         validate_config(cfg)
         stage = get_stage(cfg.stage_name)
         run_dir = Path(cfg.paths.output_root).resolve() / cfg.run_name
-        done = run_stage(stage, cfg, run_dir, force=bool(cfg.force))
+        done = run_stage(stage, cfg, run_dir, force=bool(cfg.force), choices=choices, overrides=overrides)
     except (ConfigError, StageError) as err:
         # A clear one-line message, not a traceback: these are user errors.
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    log.info("outputs: %s", run_dir / stage.name)
     summary = done.get("summary")
     if summary:
         print(summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from ssondo_train.config.schema import check_choice, check_range, register_schema
 
@@ -189,6 +190,7 @@ class PrecomputeConfig:
     clips_per_shard: int = 500
     store_student_audio: bool = True
     valid_fraction: float = 0.05
+    split_seed: int = 42
     merge_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
@@ -214,6 +216,7 @@ class ClusterConfig:
     max_iter: int = 100
     n_init: int = 3
     metric_sample: int = 5000
+    seed: int = 42
 
     def __post_init__(self) -> None:
         check_range("cluster.k", self.k, 1)
@@ -325,9 +328,21 @@ class ProbeConfig:
     val_fraction: float = 0.1
     fit: dict = dataclasses.field(default_factory=dict)
     export_heads: bool = True
+    # null: the variant of this command line; "all": every trained variant of the run; or a list of names.
+    variants: Any = None
+    paper_reference: bool = True
 
     def __post_init__(self) -> None:
         from ssondo_train.probe.models import parse_model_spec
+
+        if self.variants is not None and self.variants != "all":
+            if isinstance(self.variants, str) or not all(isinstance(v, str) for v in self.variants):
+                raise ValueError(
+                    f"probe.variants={self.variants!r}: use null (this command line's variant), all, or a "
+                    "list of variant names"
+                )
+            if not self.variants:
+                raise ValueError("probe.variants is an empty list; use null, all or variant names")
 
         if not self.tasks:
             raise ValueError("probe.tasks is empty; list demo task names, manifest:<csv> or <bench>:<root>")

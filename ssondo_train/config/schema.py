@@ -77,15 +77,10 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
 
     if not str(cfg.get("run_name") or "").strip() or "/" in str(cfg.run_name):
         raise ConfigError(f"run_name={cfg.get('run_name')!r} must be a non-empty name without '/'")
-    # Each stage reads only its own section (precompute:, distill:, probe: ...), which its stage file sets in
-    # full; an experiment may also set keys of other stages' sections, which are checked when those run.
-    from ssondo_train.stages import stage_names
-
-    current = None if OmegaConf.is_missing(cfg, "stage_name") else cfg.get("stage_name")
+    # Every stage's section is composed in full (configs/config.yaml lists them all), so all are checked:
+    # a wrong distill value fails at once, even on a probe command that addresses that variant.
     typed = {}
     for group, schema in GROUP_SCHEMAS.items():
-        if current is not None and group in stage_names() and group != current:
-            continue
         if group in cfg and cfg[group] is not None:
             typed[group] = to_schema(group, cfg[group], schema)
     return typed

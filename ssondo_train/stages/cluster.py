@@ -2,7 +2,9 @@
 
 Fitted on the training split only (held-out clips are assigned afterwards), keyed by clip id and window,
 never by path. Writes ``assignments.csv`` (clip_id, window, cluster, split), ``centroids.npy``,
-``metrics.json`` and a PNG of the cluster-size distribution.
+``metrics.json`` and a PNG of the cluster-size distribution into ``<run>/cluster/<variant>/``: clusterings
+with another ``cluster.k`` or metric are variants of their own (``default``, ``cluster.k=30``, ...), and each
+records the store it was computed on.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ssondo_train.runs.layout import (
+    ASSIGNMENTS_FILE,
+    CENTROIDS_FILE,
+    CLUSTER_METRICS_FILE,
+    CLUSTER_SIZES_PNG,
+)
 from ssondo_train.stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
-
-ASSIGNMENTS_FILE = "assignments.csv"
-CENTROIDS_FILE = "centroids.npy"
 
 
 def _plot_sizes(sizes, path, title: str) -> None:
@@ -39,14 +44,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
 
     from ssondo_train.clustering import assign, cluster_metrics, fit_kmeans
-    from ssondo_train.stages.precompute import SPLITS_FILE, STORE_DIR
-    from ssondo_train.store import open_store
-    from ssondo_train.utils.io import atomic_path, atomic_write_json, read_json
+    from ssondo_train.utils.io import atomic_path, atomic_write_json
 
     cfg = ctx.cfg.cluster
-    pre = ctx.stage_dir("precompute")
-    store = open_store(pre / STORE_DIR)
-    splits: dict[str, str] = read_json(pre / SPLITS_FILE)
+    store = ctx.store().open()
+    splits = ctx.layout.splits()
     keys, x = store.read_all_embeddings()
     split = np.array([splits.get(cid, "train") for cid, _ in keys])
     train = split == "train"
@@ -64,7 +66,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         x[train],
         k=int(cfg.k),
         metric=cfg.metric,
-        seed=int(ctx.cfg.seed),
+        seed=int(cfg.seed),
         backend=cfg.backend,
         max_iter=int(cfg.max_iter),
         n_init=int(cfg.n_init),
@@ -72,7 +74,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     labels = assign(result.centroids, x, cfg.metric)
     sizes = np.bincount(labels[train], minlength=int(cfg.k))
     metrics = cluster_metrics(
-        x[train], labels[train], cfg.metric, sample=int(cfg.metric_sample), seed=int(ctx.cfg.seed)
+        x[train], labels[train], cfg.metric, sample=int(cfg.metric_sample), seed=int(cfg.seed)
     )
     out = ctx.out_dir
     with atomic_path(out / CENTROIDS_FILE, suffix=".npy") as tmp:
@@ -100,10 +102,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **metrics,
         "cluster_sizes": hist,
     }
-    atomic_write_json(out / "metrics.json", figures)
+    atomic_write_json(out / CLUSTER_METRICS_FILE, figures)
     _plot_sizes(
         sizes.tolist(),
-        out / "cluster_sizes.png",
+        out / CLUSTER_SIZES_PNG,
         f"{cfg.k} clusters of {store.meta['teacher']['name']} embeddings ({cfg.metric})",
     )
     figures["summary"] = (
@@ -114,10 +116,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return figures
 
 
+def inputs(ctx: StageContext) -> dict[str, str]:
+    return {"store": ctx.store().digest}
+
+
 STAGE = Stage(
     name="cluster",
     run=run,
-    config_keys=("cluster", "seed"),
-    requires=("precompute",),
     description="k-means over the stored teacher embeddings (train split) for Balanced Data Sampling",
+    inputs=inputs,
+    redo_on_new_inputs=True,
+    address=lambda ctx: ctx.cluster_variant(),
 )

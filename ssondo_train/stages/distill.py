@@ -2,9 +2,10 @@
 
 Lightning runs the loop (DDP, mixed precision, gradient clipping); this stage resolves the data of the run
 (store, splits, cluster ids, and the corpus labels when ``loss.label_weight`` > 0 or
-``sampler=class_balanced``), builds the model, and owns the run folder: checkpoints (``last.ckpt`` + best-k
-by validation loss, each with the resolved config), CSV / wandb logs, and auto-resume from ``last.ckpt`` when
-the same command runs again (also after a SLURM requeue).
+``sampler=class_balanced``), builds the model, and owns the variant's folder ``<run>/distill/<variant>/``:
+checkpoints (``last.ckpt`` + best-k by validation loss, each with the resolved config), CSV / wandb logs, and
+auto-resume from ``last.ckpt`` when the same command runs again (also after a SLURM requeue). Every student
+and ablation of a run reads the same store; none touches another's folder.
 """
 
 from __future__ import annotations
@@ -14,40 +15,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ssondo_train.runs.layout import CHECKPOINT_DIR, LAST_CKPT, LOGS_DIR, WANDB_ID_FILE
 from ssondo_train.stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CKPT = "last.ckpt"
-WANDB_ID_FILE = "wandb_run_id.txt"
-
-
-def _load_clusters(ctx: StageContext, keys: list[tuple[str, int]], required: bool):
-    import csv
-
-    import numpy as np
-
-    from ssondo_train.stages.cluster import ASSIGNMENTS_FILE
-
-    path = ctx.stage_dir("cluster") / ASSIGNMENTS_FILE
-    if not path.exists():
-        if required:
-            ctx.require_done("cluster")
-        return np.zeros(len(keys), dtype=np.int64), 0
-    ctx.require_done("cluster")
-    lookup: dict[tuple[str, int], int] = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            lookup[(row["clip_id"], int(row["window"]))] = int(row["cluster"])
-    missing = [k for k in keys if k not in lookup]
-    if missing:
-        raise StageError(
-            f"{len(missing)} stored windows have no cluster id in {path} (e.g. {missing[0]}); "
-            "rerun stage=cluster force=true"
-        )
-    ids = np.array([lookup[k] for k in keys], dtype=np.int64)
-    return ids, int(ids.max()) + 1
 
 
 def _load_window_labels(manifest, keys: list[tuple[str, int]], train_idx):
@@ -84,23 +55,6 @@ def _load_window_labels(manifest, keys: list[tuple[str, int]], train_idx):
         int((matrix.getnnz(axis=1) > 0).sum()),
     )
     return class_names, matrix
-
-
-def build_student_model(scfg, teacher_dim: int):
-    """Backbone + projector from the ``student`` config group."""
-    from ssondo_train.students import build_student_with_projector, load_imagenet_init
-
-    student = build_student_with_projector(
-        scfg.name,
-        teacher_dim=teacher_dim,
-        hidden_dim=scfg.projector_hidden,
-        dropout=scfg.projector_dropout,
-        **dict(scfg.kwargs),
-    )
-    if scfg.pretrained:
-        load_imagenet_init(student, scfg.pretrained)
-        log.info("initialised the %s backbone from %s", scfg.name, scfg.pretrained)
-    return student
 
 
 class _EpochHistory:
@@ -155,15 +109,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     from ssondo_train.config.schema import to_schema
     from ssondo_train.losses import build_loss
+    from ssondo_train.runs.layout import LayoutError
+    from ssondo_train.runs.variants import needs_clusters
     from ssondo_train.sampling.augment import filter_augment as filter_augment_fn
     from ssondo_train.sampling.augment import spec_augment as spec_augment_fn
-    from ssondo_train.stages.precompute import SPLITS_FILE, STORE_DIR
-    from ssondo_train.store import open_store
+    from ssondo_train.students import build_student_from_section
     from ssondo_train.students.frontend import StudentFrontEnd
     from ssondo_train.training.data import STUDENT_SAMPLE_RATE, DistillData, DistillDataModule
     from ssondo_train.training.module import DistillModule, LabelTask, OptimConfig, TargetNorm
     from ssondo_train.training.schedule import WarmupRampdown
-    from ssondo_train.utils.io import read_json
 
     cfg = ctx.cfg.distill
     trainer_cfg = to_schema("trainer", ctx.cfg.trainer, TrainerConfig)
@@ -178,10 +132,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     torch.set_float32_matmul_precision(trainer_cfg.float32_matmul_precision)
 
     # ---- data of the run ---------------------------------------------------------------------------------
-    pre = ctx.stage_dir("precompute")
-    store = open_store(pre / STORE_DIR)
+    info = ctx.store()
+    store = info.open()
     keys = store.keys()
-    splits = read_json(pre / SPLITS_FILE)
+    splits = ctx.layout.splits()
     split = np.array([splits.get(cid, "train") for cid, _ in keys])
     train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split != "train")
     if len(train_idx) == 0:
@@ -191,30 +145,30 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "the store holds no held-out windows; set precompute.valid_fraction > 0 and rerun "
             "precompute with force=true"
         )
-    needs_clusters = sampler_cfg.name == "bds" or loss_cfg.name in ("cluster_aware", "neg_clusters", "hybrid")
-    clusters, k = _load_clusters(ctx, keys, required=needs_clusters)
-    pre_done = read_json(pre / "done.json")
-    window_s = float(
-        store.meta.get("extra", {}).get("window_seconds", pre_done["config"]["precompute"]["window_seconds"])
-    )
-    window_samples = round(window_s * STUDENT_SAMPLE_RATE)
+    cluster_variant = None
+    if needs_clusters(ctx.cfg):
+        cluster_variant, _ = ctx.cluster_input()
+        try:
+            clusters, k = ctx.layout.cluster_ids(cluster_variant, keys)
+        except LayoutError as err:
+            raise StageError(f"{err}: rerun {ctx.command('cluster', 'force=true')}") from None
+    else:
+        clusters, k = np.zeros(len(keys), dtype=np.int64), 0
+    window_samples = round(info.window_seconds * STUDENT_SAMPLE_RATE)
     clip_paths: dict[str, str] = {}
     class_names: list[str] = []
     labels = None
     if store.audio_codec is None or needs_labels:
-        from ssondo_train.data.manifest import CORPUS_MANIFEST, read_manifest
+        from ssondo_train.data.manifest import read_manifest
 
         # The manifest precompute read: it holds the audio paths and the labels of the stored clips.
-        manifest_path = (
-            pre_done["config"]["precompute"]["manifest"] or ctx.stage_dir("prepare") / CORPUS_MANIFEST
-        )
-        manifest = read_manifest(manifest_path)
+        manifest = read_manifest(info.manifest or ctx.layout.corpus_manifest())
         if store.audio_codec is None:
             clip_paths = {c.clip_id: str(manifest.abs_path(c)) for c in manifest}
         if needs_labels:
             class_names, labels = _load_window_labels(manifest, keys, train_idx)
     data = DistillData(
-        pre / STORE_DIR, train_idx, val_idx, clusters, window_samples, clip_paths, labels, class_names
+        info.root, train_idx, val_idx, clusters, window_samples, clip_paths, labels, class_names
     )
 
     world = int(trainer_cfg.num_nodes) * (
@@ -236,7 +190,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     target_norm = TargetNorm(
         cfg.target_norm, torch.from_numpy(stats.mean).float(), torch.from_numpy(stats.std).float()
     )
-    student = build_student_model(student_cfg, store.dim)
+    student = build_student_from_section(student_cfg, store.dim)
     frontend = StudentFrontEnd()
     loss = build_loss(loss_cfg.name, **loss_cfg.params)
     sa, fa = cfg.spec_augment, cfg.filter_augment
@@ -291,10 +245,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ckpt_dir = out / CHECKPOINT_DIR
     last = ckpt_dir / LAST_CKPT
     resume = last if last.exists() else None
-    if ctx.force and resume is not None and not cfg.resume_on_force:
-        log.info("force=true: starting from scratch (old checkpoints are overwritten)")
+    if ctx.force and not cfg.resume_on_force:
+        if resume is not None:
+            log.info("force=true: starting from scratch (this variant's checkpoints and logs are removed)")
         resume = None
-    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="logs", version="")]
+        _clear_training_outputs(out)
+    loggers: list[Any] = [CSVLogger(save_dir=str(out), name=LOGS_DIR, version="")]
     if logger_cfg.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -304,7 +260,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             project=logger_cfg.project,
             entity=logger_cfg.entity,
             save_dir=str(out),
-            name=ctx.run_dir.name,
+            name=f"{ctx.layout.name}/{ctx.variant}",
             id=run_id,
             resume="allow" if run_id else None,
             offline=logger_cfg.mode == "offline",
@@ -376,6 +332,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "summary": summary,
         "student": student_cfg.name,
         "teacher": store.meta["teacher"],
+        "cluster_variant": cluster_variant,
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "updates_per_epoch": updates_per_epoch,
@@ -399,6 +356,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return figures
 
 
+def _clear_training_outputs(out: Path) -> None:
+    """Remove what a previous training of this variant left (checkpoints, logs, index logs, wandb id)."""
+    import shutil
+
+    for name in (CHECKPOINT_DIR, LOGS_DIR):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    for path in [*out.glob("indices.rank*.txt"), out / WANDB_ID_FILE]:
+        if path.exists():
+            path.unlink()
+
+
 def _make_dymn_anneal():
     import lightning as L
 
@@ -416,11 +385,21 @@ def _make_dymn_anneal():
     return DymnAnneal
 
 
+def inputs(ctx: StageContext) -> dict[str, str]:
+    """The store, and the clusters when the sampler or loss uses them (checked against this config)."""
+    from ssondo_train.runs.variants import needs_clusters
+
+    found = {"store": ctx.store().digest}
+    if needs_clusters(ctx.cfg):
+        name, digest = ctx.cluster_input()
+        found[f"cluster/{name}"] = digest
+    return found
+
+
 STAGE = Stage(
     name="distill",
     run=run,
-    config_keys=("distill", "student", "loss", "sampler", "trainer", "seed"),
-    requires=("precompute",),
+    inputs=inputs,
     description=(
         "train a student + projector on the teacher store (BDS, random or class-balanced sampling, optional "
         "label loss; Lightning)"

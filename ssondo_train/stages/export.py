@@ -1,9 +1,10 @@
 """stage=export: turn a distill run into files people load in one line.
 
-Writes into ``<run>/export/``: ``ssondo.ckpt`` (the published ``ssondo`` package's checkpoint contract, loads
-with ``ssondo.get_ssondo``), ``model.safetensors`` + ``config.json`` (our pickle-free format), ``model.onnx``
-(32-kHz waveform in, embeddings out) and the run's probe heads as ``heads/<task>.pth``. The target
-normalisation used in training is folded into the projector, so every artefact outputs teacher-space vectors.
+Writes into ``<run>/export/<variant>/`` (the distill variant the command line addresses): ``ssondo.ckpt``
+(the published ``ssondo`` package's checkpoint contract, loads with ``ssondo.get_ssondo``),
+``model.safetensors`` + ``config.json`` (our pickle-free format), ``model.onnx`` (32-kHz waveform in,
+embeddings out) and the variant's probe heads as ``heads/<task>.pth``. The target normalisation used in
+training is folded into the projector, so every artefact outputs teacher-space vectors.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def _probe_heads(ctx: StageContext, model_name: str) -> dict[str, Any]:
-    """Heads fitted by stage=probe for ``model_name`` (backbone embeddings), as nn.Linear + metadata."""
-    heads_dir = ctx.stage_dir("probe") / "heads" / model_name
+    """Heads fitted by stage=probe for ``model_name`` of this variant (backbone embeddings), as nn.Linear +
+    metadata: from the variant's own probe, else from the newest comparison that probed it."""
+    assert ctx.variant is not None
+    heads_dir = ctx.layout.probe_heads(ctx.variant, model_name)
     heads: dict[str, Any] = {}
-    if not heads_dir.is_dir():
+    if heads_dir is None:
         return heads
+    log.info("export: probe heads from %s", heads_dir)
     from ssondo_train.export.formats import load_head
 
     for path in sorted(heads_dir.glob("*.pth")):
@@ -35,26 +39,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ssondo_train.export import export_student
     from ssondo_train.export.formats import PreprocessSpec, ssondo_training_config
     from ssondo_train.inference import get_ssondo
-    from ssondo_train.stages.distill import CHECKPOINT_DIR, LAST_CKPT
+    from ssondo_train.runs.layout import LayoutError
     from ssondo_train.training.checkpoint import checkpoint_target_norm, load_distill_checkpoint
-    from ssondo_train.utils.io import read_json
 
     cfg = ctx.cfg.export
-    distill_done = ctx.require_done("distill")
-    if cfg.checkpoint == "best" and distill_done.get("checkpoints", {}).get("best"):
-        ckpt = ctx.run_dir / distill_done["checkpoints"]["best"]
-    elif cfg.checkpoint in ("best", "last"):
-        ckpt = ctx.stage_dir("distill") / CHECKPOINT_DIR / LAST_CKPT
-    else:
-        ckpt = Path(cfg.checkpoint)
-    if not ckpt.exists():
-        raise StageError(f"checkpoint {ckpt} does not exist")
+    assert ctx.variant is not None
+    distill_done = ctx.require_done("distill", ctx.variant)
+    which = (
+        "last"
+        if cfg.checkpoint == "best" and not distill_done.get("checkpoints", {}).get("best")
+        else cfg.checkpoint
+    )
+    try:
+        ckpt = ctx.layout.checkpoint(ctx.variant, which)
+    except LayoutError as err:
+        raise StageError(str(err)) from None
     loaded = load_distill_checkpoint(ckpt)
     run_cfg = loaded.config
     target_norm = checkpoint_target_norm(loaded)
-    pre_done = read_json(ctx.stage_dir("precompute") / "done.json")
-    window_s = float(pre_done["config"]["precompute"]["window_seconds"])
-    seg_s = float(cfg.segment_seconds or window_s)
+    store = ctx.store()
+    seg_s = float(cfg.segment_seconds or store.window_seconds)
     preprocess = PreprocessSpec(window_s=seg_s, hop_s=seg_s)
     student_cfg = run_cfg["student"]
     training_config = ssondo_training_config(
@@ -63,7 +67,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         teacher_dim=int(loaded.target_mean.numel()),
         hidden_dim=int(student_cfg.get("projector_hidden", 1280)),
         preprocess=preprocess,
-        conf_id=f"{ctx.run_dir.name}:{student_cfg['name']}<-{pre_done['teacher']['name']}",
+        conf_id=f"{ctx.layout.name}/{ctx.variant}:{student_cfg['name']}<-{store.teacher.get('name')}",
     )
     normed = target_norm != "none"
     heads = _probe_heads(ctx, cfg.heads_from)
@@ -71,7 +75,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.out_dir,
         loaded.student,
         training_config,
-        teacher_meta=pre_done["teacher"],
+        teacher_meta=store.done["teacher"],
         target_mean=loaded.target_mean if normed else None,
         target_std=loaded.target_std if normed else None,
         heads=heads,
@@ -109,10 +113,27 @@ def _step(ckpt: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
 
 
+def inputs(ctx: StageContext) -> dict[str, str]:
+    """The variant's distill result, the store (window) and the probe that fitted its heads, if any."""
+    from ssondo_train.runs.layout import DONE_FILE, file_digest
+
+    assert ctx.variant is not None
+    ctx.require_done("distill", ctx.variant)
+    found = {
+        "store": ctx.store().digest,
+        f"distill/{ctx.variant}": file_digest(ctx.layout.done_path("distill", ctx.variant)),
+    }
+    heads = ctx.layout.probe_heads(ctx.variant, str(ctx.cfg.export.heads_from))
+    if heads is not None:
+        probe_dir = heads.parent.parent
+        found[f"probe/{probe_dir.name}"] = file_digest(probe_dir / DONE_FILE)
+    return found
+
+
 STAGE = Stage(
     name="export",
     run=run,
-    config_keys=("export",),
-    requires=("distill",),
-    description="write ssondo.ckpt, safetensors + config.json, ONNX and probe heads of a distill run",
+    description="write ssondo.ckpt, safetensors + config.json, ONNX and probe heads of a distill variant",
+    inputs=inputs,
+    redo_on_new_inputs=True,
 )

@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssondo_train.runs.layout import RANKS_DIR, RUN_FORMAT_VERSION, SPLITS_FILE
 from ssondo_train.stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
-STORE_DIR = "store"
-SPLITS_FILE = "splits.json"
-FAILURES_GLOB = "failures*.jsonl"
 STUDENT_SAMPLE_RATE = 32000
 
 
@@ -126,8 +124,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from ssondo_train.config.groups import TeacherConfig
     from ssondo_train.config.schema import to_schema
-    from ssondo_train.data.manifest import CORPUS_MANIFEST, read_manifest
+    from ssondo_train.data.manifest import read_manifest
     from ssondo_train.data.splits import assign_split
+    from ssondo_train.runs import variants as rv
     from ssondo_train.store import (
         FailureLog,
         StoreWriter,
@@ -144,7 +143,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.precompute
     scfg = ctx.cfg.store
     dist = dist_info()
-    manifest_path = Path(cfg.manifest) if cfg.manifest else ctx.stage_dir("prepare") / CORPUS_MANIFEST
+    manifest_path = Path(cfg.manifest) if cfg.manifest else ctx.layout.corpus_manifest()
     if not cfg.manifest:
         ctx.require_done("prepare")
     manifest = read_manifest(manifest_path)
@@ -168,7 +167,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ):
             raise StageError(f"precompute.window_seconds/hop_seconds must be whole samples at {rate} Hz")
 
-    store_root = ctx.out_dir / STORE_DIR
+    store_root = ctx.layout.store_dir()
     writer = StoreWriter(
         store_root,
         backend=scfg.backend,
@@ -295,15 +294,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         bar.close()
         failures.close()
     elapsed = time.perf_counter() - started
-    (ctx.out_dir / "_ranks").mkdir(exist_ok=True)
-    atomic_write_json(ctx.out_dir / "_ranks" / f"rank{dist.rank}.json", {"rank": dist.rank, **counters})
+    (ctx.out_dir / RANKS_DIR).mkdir(exist_ok=True)
+    atomic_write_json(ctx.out_dir / RANKS_DIR / f"rank{dist.rank}.json", {"rank": dist.rank, **counters})
     if not dist.is_main:
         return {"_rank_only": True}
 
     # Rank 0 merges once every rank's shards are committed.
     deadline = time.time() + float(cfg.merge_timeout_s)
     while True:
-        done_ranks = list((ctx.out_dir / "_ranks").glob("rank*.json"))
+        done_ranks = list((ctx.out_dir / RANKS_DIR).glob("rank*.json"))
         if len(done_ranks) >= dist.world_size:
             break
         if time.time() > deadline:
@@ -312,17 +311,28 @@ def run(ctx: StageContext) -> dict[str, Any]:
     index = merge_indexes(store_root)
     store = open_store(store_root)
     stats = store.compute_stats()
-    failed = read_failures(sorted(ctx.out_dir.glob(FAILURES_GLOB)))
+    failed = read_failures(ctx.layout.failures_files())
     reasons: dict[str, int] = {}
     for rec in failed:
         reasons[rec.reason] = reasons.get(rec.reason, 0) + 1
     stored_clips = set(store.clip_ids())
     splits = {
-        cid: assign_split(cid, by_id[cid].split, float(cfg.valid_fraction), int(ctx.cfg.seed))
+        cid: assign_split(cid, by_id[cid].split, float(cfg.valid_fraction), int(cfg.split_seed))
         for cid in clip_ids
         if cid in stored_clips
     }
     atomic_write_json(ctx.out_dir / SPLITS_FILE, splits)
+    # The run's base configuration: variants of later stages are named after what they change from it.
+    atomic_write_json(
+        ctx.layout.run_file,
+        {
+            "format_version": RUN_FORMAT_VERSION,
+            "run_name": ctx.layout.name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "overrides": [o for o in ctx.overrides if not o.startswith(("stage=", "force=", "hydra"))],
+            **rv.base_record(ctx.cfg, ctx.choices),
+        },
+    )
     size = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
     summary = (
         f"precompute: {len(stored_clips)} clips, {len(store)} windows of {teacher.embed_dim}-d "
@@ -366,7 +376,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
 STAGE = Stage(
     name="precompute",
     run=run,
-    config_keys=("precompute", "teacher", "store", "seed"),
-    requires=(),
     description="run the teacher over the corpus; write sharded per-window embeddings (+ student audio)",
 )

@@ -1,7 +1,7 @@
 """``stage=prepare``: build the offline demo corpus and its four probe tasks, or import a corpus.
 
 Writes ``corpus.csv`` (+ ``corpus/``), ``tasks/<task>.csv`` (+ ``tasks/<task>/``) and ``provenance.json``
-into the stage folder; later stages find them with ``ctx.stage_dir("prepare") / CORPUS_MANIFEST``. The
+into the stage folder; later stages find them through ``ctx.layout`` (``corpus_manifest()``). The
 rendering lives in ``ssondo_train.data.demo_corpus``; this file only maps the config onto it.
 """
 
@@ -24,12 +24,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ``ctx.out_dir``; return the summary that lands in ``done.json``."""
     data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
     assert isinstance(data, dict)
+    seed = int(data.pop("seed", 42))
     if data.get("kind", "demo") != "demo":
         summary = import_corpus(data, ctx.out_dir)
         log.info("prepare: imported %s corpus: %s", data["kind"], summary["corpus"])
         return summary
     cfg = DemoConfig.from_mapping(data)
-    result = build_demo(cfg, int(ctx.cfg.seed), ctx.out_dir)
+    result = build_demo(cfg, seed, ctx.out_dir)
     summary = summarize(result)
     corpus = summary["corpus"]
     log.info(
@@ -47,6 +48,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
 STAGE = Stage(
     name="prepare",
     run=run,
-    config_keys=("data", "seed"),
     description="build the offline demo corpus and probe tasks",
 )

@@ -3,15 +3,20 @@
 For every model of ``probe.models`` and task of ``probe.tasks`` (spec strings: ``configs/stage/probe.yaml``):
 
 1. embed every clip once (windows batched across clips, mean over windows) and cache the result in
-   ``<run>/probe/cache/<model digest>/<task>.npz``; the digest covers the weights (checkpoint sha256), the
-   model config and the window length, so a rerun (also with ``force=true``) reuses it;
+   ``<run>/cache/probe/<model digest>/<task>.npz``; the digest covers the weights (checkpoint sha256), the
+   model config and the window length, so a rerun (also with ``force=true``) and every other probe of the
+   run (other variants, comparisons) reuse it: teacher, log-mel and untrained rows are embedded once per run;
 2. run the probe protocol of :func:`ssondo_train.probe.evaluate.run_probe` (standardised features, weight
    decay chosen on the validation split, never on the test split; accuracy or mAP);
 3. fit one deployment head per (model, task) with the same protocol on the non-test clips and export it in
    ssondo's head format (normalisation folded in) to ``heads/<model>/<task>.pth`` + ``.json``.
 
-Outputs in ``<run>/probe/``: ``results.json``, ``results.csv``, ``results.md`` (the paper's Table-1 layout
-with retention = model / teacher), ``results.png`` (bar chart), ``heads/``, ``cache/``.
+Students come from distill variants: by default the variant the command line addresses (outputs in
+``<run>/probe/<variant>/``); ``probe.variants=all`` (or a list) compares several in one table, with rows
+``student[<variant>]`` (outputs in ``<run>/probe/<v1>+<v2>+.../``).
+
+Outputs: ``results.json``, ``results.csv``, ``results.md`` (the paper's Table-1 layout with retention = model
+/ teacher, and the paper's own rows beside ours for Table-1 tasks), ``results.png`` (bar chart), ``heads/``.
 """
 
 from __future__ import annotations
@@ -28,17 +33,20 @@ from typing import Any
 
 import numpy as np
 
+from ssondo_train.runs.layout import (
+    HEADS_DIR,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    RESULTS_MD,
+    RESULTS_PNG,
+    LayoutError,
+)
 from ssondo_train.stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
-RESULTS_JSON = "results.json"
-RESULTS_CSV = "results.csv"
-RESULTS_MD = "results.md"
-RESULTS_PNG = "results.png"
-CACHE_DIR = "cache"
-HEADS_DIR = "heads"
 CACHE_FORMAT_VERSION = 1
+MAX_COMPARISON_NAME = 100
 TEACHER_LABEL = "teacher"
 CSV_COLUMNS = (
     "model",
@@ -158,14 +166,13 @@ def task_digest(task: Any) -> str:
 
 def resolve_task(ctx: StageContext, spec: Any) -> TaskEntry:
     """Build the :class:`ProbeTask` of one spec (demo tasks need stage=prepare of this run)."""
-    from ssondo_train.data.manifest import TASK_MANIFEST_DIR
     from ssondo_train.probe.tasks import build_task, load_any_manifest
 
     source, name, root, opts = parse_task_spec(spec)
     try:
         if source == "demo":
             ctx.require_done("prepare")
-            folder = ctx.stage_dir("prepare") / TASK_MANIFEST_DIR
+            folder = ctx.layout.task_manifest_dir()
             path = folder / f"{name}.csv"
             if not path.is_file():
                 found = sorted(p.stem for p in folder.glob("*.csv"))
@@ -197,46 +204,116 @@ def _device(name: str) -> str:
 
 
 def run_window_seconds(ctx: StageContext, override: float | None) -> float | None:
-    """``probe.window_seconds`` if set, else the run's ``precompute.window_seconds``, else None."""
-    from ssondo_train.utils.io import read_json
-
+    """``probe.window_seconds`` if set, else the window of the run's store, else None (no store)."""
     if override:
         return float(override)
-    marker = ctx.stage_dir("precompute") / "done.json"
-    if marker.is_file():
-        value = read_json(marker).get("config", {}).get("precompute", {}).get("window_seconds")
-        if value:
-            return float(value)
-    return None
+    if ctx.layout.read_done("precompute") is None:
+        return None
+    return ctx.store().window_seconds
 
 
-def checkpoint_path(ctx: StageContext, which: str) -> Path:
-    """The distill checkpoint ``last``, ``best`` (from distill's done.json) or an explicit ``.ckpt`` path."""
-    from ssondo_train.stages.distill import CHECKPOINT_DIR, LAST_CKPT
+# --- variants
+def wants_students(pcfg: Any) -> bool:
+    from ssondo_train.probe.models import STUDENT_KINDS, parse_model_spec
 
-    done = ctx.require_done("distill")
-    if which == "last":
-        path = ctx.stage_dir("distill") / CHECKPOINT_DIR / LAST_CKPT
-    elif which == "best":
-        best = (done.get("checkpoints") or {}).get("best")
-        if not best:
+    return any(parse_model_spec(m).kind in STUDENT_KINDS for m in pcfg.models)
+
+
+def resolve_variants(ctx: StageContext) -> list[str]:
+    """The distill variants whose students this probe embeds (empty when no student model is asked for).
+
+    Raises:
+        StageError: a named variant has not been trained, or ``all`` finds none.
+    """
+    pcfg = ctx.cfg.probe
+    if not wants_students(pcfg):
+        return []
+    trained = ctx.layout.variants("distill")
+    if pcfg.variants is None:
+        names = [ctx.distill_variant()]
+    elif pcfg.variants == "all":
+        if not trained:
             raise StageError(
-                "probe.checkpoint=best but distill's done.json names no best checkpoint; use last"
+                f"probe.variants=all: run '{ctx.layout.name}' has no trained distill variant yet"
             )
-        path = ctx.run_dir / best
+        names = trained
     else:
-        path = Path(which)
-    if not path.is_file():
-        raise StageError(f"distill checkpoint {path} does not exist (probe.checkpoint={which})")
-    return path
+        names = list(dict.fromkeys(str(v) for v in pcfg.variants))
+    missing = [n for n in names if n not in trained]
+    if missing:
+        if pcfg.variants is None:
+            ctx.require_done("distill", missing[0])  # raises with the distill command of this command line
+        raise StageError(
+            f"probe.variants: run '{ctx.layout.name}' has no trained distill variant "
+            f"{', '.join(map(repr, missing))}; trained: {', '.join(trained) or 'none'}"
+        )
+    return names
 
 
-def build_embedders(ctx: StageContext, pcfg: Any) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
-    """``(label -> ClipEmbedder, label -> spec, skipped label -> reason)`` for ``probe.models``."""
-    from ssondo_train.config.groups import StudentConfig, TeacherConfig
+def address(ctx: StageContext) -> str:
+    """Folder of this probe: the one variant's name, or ``<v1>+<v2>+...`` for a comparison."""
+    names = resolve_variants(ctx)
+    ctx.extra["variants"] = names
+    if len(names) <= 1:
+        return names[0] if names else ctx.distill_variant()
+    joined = "+".join(names)
+    if len(joined) <= MAX_COMPARISON_NAME:
+        return joined
+    from ssondo_train.probe.models import digest_of
+
+    return f"compare-{len(names)}-{digest_of(names, 8)}"
+
+
+def identity(ctx: StageContext) -> dict[str, Any]:
+    from ssondo_train.runs.variants import identity as config_identity
+
+    return {**config_identity(ctx.cfg, "probe"), "variants": ctx.extra.get("variants", [])}
+
+
+def inputs(ctx: StageContext) -> dict[str, str]:
+    """The store (when the run has one: window and teacher) and the distill results of the variants."""
+    from ssondo_train.runs.layout import file_digest
+
+    found: dict[str, str] = {}
+    if ctx.layout.read_done("precompute") is not None:
+        found["store"] = ctx.store().digest
+    for name in ctx.extra.get("variants", []):
+        found[f"distill/{name}"] = file_digest(ctx.layout.done_path("distill", name))
+    return found
+
+
+def _variant_student(ctx: StageContext, variant: str | None) -> Any:
+    """The ``student`` config section of a variant (from its done.json), or of this command line."""
+    from omegaconf import OmegaConf
+
+    from ssondo_train.config.groups import StudentConfig
+    from ssondo_train.config.schema import to_schema
+
+    node = ctx.cfg.student
+    if variant is not None:
+        done = ctx.layout.read_done("distill", variant) or {}
+        section = (done.get("config") or {}).get("student")
+        if section:
+            node = OmegaConf.create(section)
+    return to_schema("student", node, StudentConfig)
+
+
+def build_embedders(
+    ctx: StageContext, pcfg: Any, variants: list[str] | None = None
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str], dict[str, dict[str, Any]]]:
+    """``(label -> ClipEmbedder, label -> spec, skipped label -> reason, label -> row info)``.
+
+    With several variants, ``student`` / ``student_proj`` give one row per variant (``student[<variant>]``)
+    and ``untrained`` one row per distinct student configuration; teacher, log-mel and exports give one row.
+    """
+    import json
+
+    from ssondo_train.config.groups import TeacherConfig
     from ssondo_train.config.schema import to_schema
     from ssondo_train.probe import models as pm
 
+    variants = list(variants or [])
+    multi = len(variants) > 1
     specs = [pm.parse_model_spec(m) for m in pcfg.models]
     window = run_window_seconds(ctx, pcfg.window_seconds)
     default_window = window or pm.DEFAULT_WINDOW_SECONDS
@@ -245,34 +322,64 @@ def build_embedders(ctx: StageContext, pcfg: Any) -> tuple[dict[str, Any], dict[
             "probe: no precompute stage in this run and probe.window_seconds unset: %g s windows",
             default_window,
         )
-    ckpt: Path | None = None
-    if any(s.kind in pm.STUDENT_KINDS for s in specs):
-        ckpt = checkpoint_path(ctx, pcfg.checkpoint)
     embedders: dict[str, Any] = {}
     spec_of: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    info: dict[str, dict[str, Any]] = {}
     for s in specs:
-        spec_of[s.label] = s.spec
         if s.kind == "teacher":
             tcfg = to_schema("teacher", ctx.cfg.teacher, TeacherConfig)
             embedders[s.label] = pm.teacher_embedder(tcfg, default_window)
+            spec_of[s.label], info[s.label] = s.spec, {"kind": "teacher", "teacher": tcfg.name}
         elif s.kind == "logmel":
             embedders[s.label] = pm.logmel_embedder(default_window)
+            spec_of[s.label], info[s.label] = s.spec, {"kind": "baseline"}
         elif s.kind == "untrained":
-            scfg = to_schema("student", ctx.cfg.student, StudentConfig)
-            embedders[s.label] = pm.untrained_embedder(
-                scfg,
-                int(ctx.cfg.seed),
-                default_window,
-                int(pcfg.bn_recalibration_items),
-                int(pcfg.batch_size),
-            )
+            configs: dict[str, tuple[Any, list[str | None]]] = {}
+            for v in variants or [None]:
+                scfg = _variant_student(ctx, v)
+                key = json.dumps(dataclasses_asdict(scfg), sort_keys=True, default=str)
+                configs.setdefault(key, (scfg, []))[1].append(v)
+            names = [c.name for c, _ in configs.values()]
+            for scfg, used_by in configs.values():
+                if len(configs) == 1:
+                    label = s.label
+                elif names.count(scfg.name) == 1:
+                    label = f"{s.label}[{scfg.name}]"
+                else:
+                    label = f"{s.label}[{used_by[0]}]"
+                embedders[label] = pm.untrained_embedder(
+                    scfg,
+                    int(ctx.cfg.seed),
+                    default_window,
+                    int(pcfg.bn_recalibration_items),
+                    int(pcfg.batch_size),
+                )
+                spec_of[label], info[label] = s.spec, {"kind": "baseline", "student": scfg.name}
         elif s.kind in pm.STUDENT_KINDS:
-            assert ckpt is not None
             output = "backbone" if s.kind == "student" else "projector"
-            embedders[s.label] = pm.checkpoint_embedder(ckpt, output, default_window)
+            for v in variants:
+                label = f"{s.label}[{v}]" if multi else s.label
+                try:
+                    ckpt = ctx.layout.checkpoint(v, pcfg.checkpoint)
+                except LayoutError as err:
+                    raise StageError(f"{err} (probe.checkpoint={pcfg.checkpoint})") from None
+                embedders[label] = pm.checkpoint_embedder(ckpt, output, default_window)
+                done = ctx.layout.read_done("distill", v) or {}
+                spec_of[label] = s.spec
+                info[label] = {
+                    "kind": "student" if s.kind == "student" else "projector",
+                    "variant": v,
+                    "student": done.get("student"),
+                    "sampler": done.get("sampler"),
+                    "label_weight": done.get("label_weight", 0.0),
+                    "checkpoint": str(ckpt.relative_to(ctx.run_dir))
+                    if ckpt.is_relative_to(ctx.run_dir)
+                    else str(ckpt),
+                }
         else:
             assert s.arg is not None
+            spec_of[s.label], info[s.label] = s.spec, {"kind": "export", "path": s.arg}
             try:
                 embedders[s.label] = pm.export_embedder(s.arg, pcfg.window_seconds)
             except ImportError as err:
@@ -280,7 +387,13 @@ def build_embedders(ctx: StageContext, pcfg: Any) -> tuple[dict[str, Any], dict[
                 log.warning("probe: %s", skipped[s.label])
             except (OSError, ValueError) as err:
                 raise StageError(f"probe model {s.spec!r}: {err}") from None
-    return embedders, spec_of, skipped
+    return embedders, spec_of, skipped, info
+
+
+def dataclasses_asdict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
 
 
 # --- embedding cache
@@ -573,7 +686,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     names = [e.task.name for e in entries]
     if len(set(names)) != len(names):
         raise StageError(f"probe tasks have duplicate names {names}; give manifests distinct file names")
-    embedders, spec_of, skipped_models = build_embedders(ctx, pcfg)
+    variants = list(ctx.extra.get("variants", []))
+    embedders, spec_of, skipped_models, row_info = build_embedders(ctx, pcfg, variants)
+    cache_root = ctx.layout.probe_cache_dir
     fit_kwargs = dict(pcfg.fit)
     for key in ("lrs", "weight_decays"):
         if key in fit_kwargs:
@@ -587,19 +702,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
         models_info[label] = {
             "spec": spec_of[label],
             "digest": digest,
-            "cache": f"{CACHE_DIR}/{digest}",
+            "cache": str((cache_root / digest).relative_to(ctx.run_dir)),
+            **row_info.get(label, {}),
             **embedder.describe(),
         }
         per_task: dict[str, dict[str, Any]] = {}
         for entry in entries:
             task = entry.task
             started = time.perf_counter()
-            partner = joint_student_embeddings(embedders, label, entry, out / CACHE_DIR, pcfg, device)
-            emb, hit, cache_path = task_embeddings(embedder, entry, out / CACHE_DIR, pcfg, device, seed)
+            partner = joint_student_embeddings(embedders, label, entry, cache_root, pcfg, device)
+            emb, hit, cache_path = task_embeddings(embedder, entry, cache_root, pcfg, device, seed)
             hit = hit and partner is None
             row: dict[str, Any] = {
                 "cache_hit": hit,
-                "cache": str(cache_path.relative_to(out)),
+                "cache": str(cache_path.relative_to(ctx.run_dir)),
                 "embed_seconds": round(time.perf_counter() - started, 3),
                 "n_skipped": len(emb.skipped),
                 "skipped_clips": emb.skipped_by_reason(),
@@ -704,9 +820,28 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 notes.append(f"{label} / {name}: failed: {row['error']}")
     for label, reason in skipped_models.items():
         notes.append(f"{label}: {reason}")
-    markdown = (
-        f"# Linear probe: run {ctx.run_dir.name}\n\n{table}\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    variants_info = _variants_info(ctx, variants)
+    for name, v in variants_info.items():
+        notes.append(
+            f"variant {name}: {v['student']} student, {v['sampler']} sampling, {v['loss']} loss, "
+            f"{v['steps']} updates (distill/{name})"
+        )
+    paper_md, paper_json = "", {}
+    if pcfg.paper_reference:
+        paper_md, paper_json = _paper_reference(ctx, row_info, names, results)
+    title = f"run {ctx.layout.name}" + (
+        f", variant {variants[0]}"
+        if len(variants) == 1
+        else f", variants {', '.join(variants)}"
+        if variants
+        else ""
     )
+    markdown = f"# Linear probe: {title}\n\n{table}\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    if paper_md:
+        markdown += (
+            "\n## The paper's numbers for the same teacher, students and sampling (ICASSP 2026, Table 1)\n\n"
+            f"{paper_md}\n"
+        )
 
     tasks_info = {
         e.task.name: {"spec": e.spec, "source": e.source, "digest": e.digest, **e.task.summary()}
@@ -715,7 +850,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     write_results(
         {
             "format_version": 1,
-            "run_name": ctx.run_dir.name,
+            "run_name": ctx.layout.name,
+            "variants": variants_info,
             "teacher": teacher,
             "seeds": seeds,
             "tasks": tasks_info,
@@ -723,6 +859,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "skipped_models": skipped_models,
             "results": results,
             "table_markdown": table,
+            "paper_reference": paper_json,
         },
         out / RESULTS_JSON,
     )
@@ -730,9 +867,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     atomic_write_text(out / RESULTS_MD, markdown)
     chart = None
     if scores:
-        chart = plot_results(
-            scores, out / RESULTS_PNG, tasks=names, title=f"linear probe, run {ctx.run_dir.name}"
-        )
+        chart = plot_results(scores, out / RESULTS_PNG, tasks=names, title=f"linear probe, {title}")
 
     compact = {
         label: {
@@ -756,6 +891,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     summary = (
         f"probe: {len(results)} models x {len(entries)} tasks -> {out / RESULTS_MD}\n\n{table}"
+        + (f"\n\nThe paper's numbers:\n\n{paper_md}" if paper_md else "")
         if table
         else f"probe: no result ({'; '.join(notes[2:]) or 'nothing to probe'})"
     )
@@ -770,6 +906,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             for name, info in tasks_info.items()
         },
         "skipped_models": skipped_models,
+        "variants": variants,
         "outputs": {
             "json": RESULTS_JSON,
             "csv": RESULTS_CSV,
@@ -780,10 +917,53 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def _variants_info(ctx: StageContext, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        done = ctx.layout.read_done("distill", name) or {}
+        out[name] = {
+            "student": done.get("student"),
+            "sampler": done.get("sampler"),
+            "loss": done.get("loss"),
+            "steps": done.get("steps"),
+            "seed": (done.get("identity") or {}).get("seed"),
+            "cluster_variant": done.get("cluster_variant"),
+            "identity_hash": done.get("config_hash"),
+        }
+    return out
+
+
+def _paper_reference(
+    ctx: StageContext,
+    row_info: Mapping[str, Mapping[str, Any]],
+    tasks: Sequence[str],
+    results: Mapping[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """The paper's Table-1 rows matching this probe's teacher and students, as markdown and JSON."""
+    from ssondo_train.probe.paper import paper_markdown, paper_rows
+
+    teacher = str(ctx.cfg.teacher.name)
+    wanted = {
+        label: info
+        for label, info in row_info.items()
+        if label in results and info.get("kind") in ("teacher", "student")
+    }
+    rows = paper_rows(teacher, wanted, tasks)
+    if not rows:
+        return "", {}
+    as_json = {
+        label: {"paper_row": r.label, "scores": {k: v[0] for k, v in r.scores.items()}, "average": r.average}
+        for label, r in rows.items()
+    }
+    return paper_markdown(rows, tasks), as_json
+
+
 STAGE = Stage(
     name="probe",
     run=run,
-    config_keys=("probe", "teacher", "student", "seed"),
-    requires=(),  # prepare / distill are required only by demo tasks / student models (checked in run)
     description="linear probes of teacher, baselines and students on labelled tasks (Table-1 report)",
+    inputs=inputs,
+    redo_on_new_inputs=True,
+    address=address,
+    identity=identity,
 )

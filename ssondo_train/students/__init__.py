@@ -41,6 +41,7 @@ __all__ = [
     "StudentFrontEnd",
     "StudentWithProjector",
     "build_student",
+    "build_student_from_section",
     "build_student_with_projector",
     "dymn_temperature",
     "load_imagenet_init",
@@ -74,6 +75,35 @@ def build_student_with_projector(
         hidden_dim = int(getattr(backbone, "last_channel", DEFAULT_PROJECTOR_HIDDEN))
     head = Projector(int(backbone.emb_size), teacher_dim, hidden_dim, dropout)
     return StudentWithProjector(backbone, head)
+
+
+def build_student_from_section(
+    section: Any, teacher_dim: int, pretrained: bool = True
+) -> StudentWithProjector:
+    """Backbone + projector from a ``student`` config section (``configs/student/*.yaml``: ``name``,
+    ``kwargs``, ``projector_hidden``, ``projector_dropout``, ``pretrained``), given as a mapping or an object
+    with those attributes (``StudentConfig``).
+
+    ``pretrained=False`` skips the ImageNet initialisation (a checkpoint's weights replace it anyway).
+    """
+
+    def get(key: str, default: Any = None) -> Any:
+        if isinstance(section, Mapping):
+            return section.get(key, default)
+        return getattr(section, key, default)
+
+    student = build_student_with_projector(
+        str(get("name")),
+        teacher_dim=teacher_dim,
+        hidden_dim=get("projector_hidden", DEFAULT_PROJECTOR_HIDDEN),
+        dropout=float(get("projector_dropout", 0.2)),
+        **dict(get("kwargs") or {}),
+    )
+    init = get("pretrained")
+    if pretrained and init:
+        load_imagenet_init(student, init)
+        log.info("initialised the %s backbone from %s", get("name"), init)
+    return student
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:

@@ -62,17 +62,13 @@ def load_distill_checkpoint(path: str | Path, weights: str = "auto") -> DistillC
 
     The LightningModule state dict holds ``student.model.*``, ``student.classification_head.*`` and
     ``target_norm.mean`` / ``target_norm.std``; the run config is stored under ``ssondo_train_config`` as
-    plain containers. The student is rebuilt from that config's ``student`` section (``StudentConfig``),
+    plain containers. The student is rebuilt from that config's ``student`` section,
     without the ImageNet initialisation (the checkpoint's weights replace it anyway).
 
     Raises:
         ValueError: not a distill checkpoint, or the weights do not match the stored student config.
     """
-    from omegaconf import OmegaConf
-
-    from ssondo_train.config.groups import StudentConfig
-    from ssondo_train.config.schema import to_schema
-    from ssondo_train.stages.distill import build_student_model
+    from ssondo_train.students import build_student_from_section
     from ssondo_train.utils.io import sha256_file
 
     if weights not in ("auto", "trained", "ema"):
@@ -85,13 +81,17 @@ def load_distill_checkpoint(path: str | Path, weights: str = "auto") -> DistillC
     config = dict(ckpt["ssondo_train_config"])
     if "student" not in config:
         raise ValueError(f"{path}: the stored config has no 'student' section")
-    student_cfg = to_schema("student", OmegaConf.create(dict(config["student"])), StudentConfig)
-    student_cfg.pretrained = None
+    student_cfg = config["student"]
+    if not isinstance(student_cfg, Mapping) or "name" not in student_cfg:
+        raise ValueError(f"{path}: the stored config's 'student' section has no 'name'")
     for key in ("target_norm.mean", "target_norm.std", "student.classification_head.mlp.3.weight"):
         if key not in state:
             raise ValueError(f"{path}: state_dict has no {key!r}")
     teacher_dim = int(state["student.classification_head.mlp.3.weight"].shape[0])
-    student = build_student_model(student_cfg, teacher_dim)
+    try:
+        student = build_student_from_section(student_cfg, teacher_dim, pretrained=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot rebuild the stored student config: {err}") from None
     has_ema = any(k.startswith(EMA_PREFIX) for k in state)
     if weights == "ema" and not has_ema:
         raise ValueError(f"{path}: no weight average (student_ema.*) in this checkpoint")

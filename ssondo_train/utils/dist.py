@@ -31,3 +31,16 @@ def dist_info(env: dict[str, str] | None = None) -> DistInfo:
                 raise ValueError(f"{rank_key}={rank} is outside [0, {size_key}={size})")
             return DistInfo(rank, size, int(env.get(local_key, 0)))
     return DistInfo()
+
+
+def is_secondary_process(env: dict[str, str] | None = None) -> bool:
+    """True in every process of a distributed job but the global rank 0 (torchrun, SLURM tasks, or the
+    processes Lightning starts for DDP, which set ``LOCAL_RANK`` / ``NODE_RANK`` only)."""
+    env = dict(os.environ) if env is None else env
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        try:
+            if int(env.get(key, "0") or 0) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
