@@ -4,6 +4,8 @@
 # Debian packages, then probed and exported. 15-18 minutes on 2 CPU cores.
 # Each stage is skipped if it already finished with the same configuration (force=true redoes it).
 # Extra arguments go to every stage, e.g.  ./run_pipeline.sh run_name=try2 distill.epochs=20
+# A student or ablation of the same run reuses its corpus, store and clusters and lands in a variant folder of
+# its own, e.g.  ./run_pipeline.sh sampler=random   ->  outputs/demo/{distill,probe,export}/sampler=random/
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-.venv/bin/python}"
@@ -28,26 +30,20 @@ stage distill
 stage probe
 stage export
 
-run_dir=$("$PY" - "${ARGS[@]}" <<'PYEOF'
-import sys
-from hydra import compose, initialize_config_dir
-from ssondo_train.__main__ import CONFIG_DIR
-with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-    cfg = compose(config_name="config", overrides=["stage=export", *sys.argv[1:]])
-print(f"{cfg.paths.output_root}/{cfg.run_name}")
-PYEOF
-)
+# The folders this command line wrote (the variant is named after what differs from the run's base).
+export_dir=$("$PY" -m ssondo_train.runs where stage=export "${ARGS[@]}")
+probe_dir=$("$PY" -m ssondo_train.runs where stage=probe "${ARGS[@]}")
 echo
 echo "=== load the exported student (two lines) ==="
 cat <<PYEOF
 from ssondo_train import get_ssondo
-model = get_ssondo("$run_dir/export"); print(model.get_embeddings(audio_32k).shape)
+model = get_ssondo("$export_dir"); print(model.get_embeddings(audio_32k).shape)
 PYEOF
-"$PY" - "$run_dir/export" <<'PYEOF'
+"$PY" - "$export_dir" <<'PYEOF'
 import sys, torch
 from ssondo_train import get_ssondo
 model = get_ssondo(sys.argv[1]); print(model.get_embeddings(0.1 * torch.randn(2, 3 * 32000)).shape)
 PYEOF
 echo
-echo "Done in $(( $(date +%s) - start )) s. Outputs: $run_dir/<stage>/ (each with done.json);"
-echo "probe table: $run_dir/probe/results.md"
+echo "Done in $(( $(date +%s) - start )) s. Outputs: $(dirname "$(dirname "$export_dir")")/<stage>/ (each with done.json);"
+echo "probe table: $probe_dir/results.md"

@@ -1,10 +1,11 @@
 """Demo quality: the probe results of finished demo runs, with the acceptance figures derived from them.
 
-For each run (``outputs/<run>/probe/results.json``): per-task scores of every model, the share of the
-log-mel-to-teacher gap that the distilled student closes on the cross-soundfont instrument task, the mean over
-tasks of student vs untrained student, and retention vs the teacher. Writes ``results/demo_quality.json``.
+For each run and distill variant (``outputs/<run>/probe/<variant>/results.json``): per-task scores of every
+model, the share of the log-mel-to-teacher gap that the distilled student closes on the cross-soundfont
+instrument task, the mean over tasks of student vs untrained student, and retention vs the teacher. Writes
+``results/demo_quality.json``.
 
-    .venv/bin/python benchmarks/demo_quality.py demo "demo_long=44 epochs"   # merged into the file
+    .venv/bin/python benchmarks/demo_quality.py demo "demo_long::44 epochs" "demo@sampler=random::BDS off"
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import sys
 from common import RESULTS, ROOT, write_result
 
 
-def summarise(run: str) -> dict:
-    probe = json.loads((ROOT / "outputs" / run / "probe" / "results.json").read_text())
-    distill = json.loads((ROOT / "outputs" / run / "distill" / "done.json").read_text())
+def summarise(run: str, variant: str = "default") -> dict:
+    probe = json.loads((ROOT / "outputs" / run / "probe" / variant / "results.json").read_text())
+    distill = json.loads((ROOT / "outputs" / run / "distill" / variant / "done.json").read_text())
     res = probe["results"]
     scores = {m: {t: round(v["mean"], 4) for t, v in tasks.items()} for m, tasks in res.items()}
     means = {m: round(sum(s.values()) / len(s), 4) for m, s in scores.items()}
@@ -29,8 +30,16 @@ def summarise(run: str) -> dict:
     full = distill["config"]
     cfg = full["distill"]
     stage_seconds = {}
-    for stage in ("prepare", "precompute", "cluster", "distill", "probe", "export"):
-        done = ROOT / "outputs" / run / stage / "done.json"
+    cluster = distill.get("cluster_variant") or "default"
+    for stage, folder in (
+        ("prepare", "prepare"),
+        ("precompute", "precompute"),
+        ("cluster", f"cluster/{cluster}"),
+        ("distill", f"distill/{variant}"),
+        ("probe", f"probe/{variant}"),
+        ("export", f"export/{variant}"),
+    ):
+        done = ROOT / "outputs" / run / folder / "done.json"
         if done.is_file():
             stage_seconds[stage] = round(float(json.loads(done.read_text()).get("seconds", 0.0)), 1)
     return {
@@ -64,7 +73,7 @@ def summarise(run: str) -> dict:
 
 
 def main() -> None:
-    """Arguments: run names, each optionally ``run=what was tried`` (kept as the run's ``description``).
+    """Arguments: ``run[@variant][::what was tried]`` (the description is kept as ``description``).
 
     The named runs are (re)summarised and merged into the existing results: other runs stay, and a run
     named without a description keeps the one it had. ``--only`` writes just the named runs.
@@ -76,8 +85,12 @@ def main() -> None:
     old = {} if only or not path.is_file() else json.loads(path.read_text()).get("runs", {})
     out = dict(old)
     for arg in args:
-        run, _, description = arg.partition("=")
-        out[run] = {"description": description or old.get(run, {}).get("description"), **summarise(run)}
+        key, _, description = arg.partition("::")
+        run, _, variant = key.partition("@")
+        out[key] = {
+            "description": description or old.get(key, {}).get("description"),
+            **summarise(run, variant or "default"),
+        }
     write_result("demo_quality", {"runs": out})
 
 

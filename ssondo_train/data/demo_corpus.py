@@ -268,6 +268,7 @@ class DemoConfig:
     """Knobs of the demo build (``configs/data/demo.yaml``)."""
 
     kind: str = "demo"
+    seed: int = 42  # rendering seed, independent of the training seed
     sample_rate: int = 32000
     audio_format: str = "flac"
     min_seconds: float = 1.0

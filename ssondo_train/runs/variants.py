@@ -113,11 +113,19 @@ def base_record(cfg: Any, choices: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # --- differences and names
+class _Absent:
+    def __repr__(self) -> str:
+        return "absent"
+
+
+ABSENT: Any = _Absent()
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old value, new value)`` for every leaf that differs (missing = ``None``), sorted."""
+    """``(dotted key, old, new)`` for every leaf that differs (a missing key: ``ABSENT``), sorted."""
     a, b = flatten(old), flatten(new)
     keys = sorted(set(a) | set(b))
-    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in keys if a.get(k, ABSENT) != b.get(k, ABSENT)]
 
 
 def describe_differences(diffs: Sequence[tuple[str, Any, Any]], old: str, new: str, limit: int = 12) -> str:
@@ -129,7 +137,7 @@ def describe_differences(diffs: Sequence[tuple[str, Any, Any]], old: str, new: s
 
 
 def _show(value: Any) -> str:
-    return "missing" if value is None else json.dumps(value, default=str)
+    return "absent" if value is ABSENT else json.dumps(value, default=str)
 
 
 def _token_value(value: Any) -> str:

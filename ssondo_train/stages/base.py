@@ -140,7 +140,8 @@ class StageContext:
         diffs = rv.differences(have, want)
         if diffs:
             run = self.layout.read_run() or {}
-            hint = " ".join(run.get("overrides", []))
+            store_keys = ("experiment", "precompute", "teacher", "store", "data")
+            hint = " ".join(o for o in run.get("overrides", []) if o.lstrip("+~").startswith(store_keys))
             raise StageError(
                 f"the teacher store of run '{self.layout.name}' was built with another configuration: "
                 f"{rv.describe_differences(diffs, 'store', 'now')}. Give the overrides the store was made "
@@ -223,7 +224,9 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     locked = False
     try:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A POSIX record lock belongs to this process: DataLoader workers forked while it is held do not
+            # keep it, so a killed job's folder is free again at once (flock would stay held by its workers).
+            fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
                 raise

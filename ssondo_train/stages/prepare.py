@@ -24,13 +24,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ``ctx.out_dir``; return the summary that lands in ``done.json``."""
     data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
     assert isinstance(data, dict)
-    seed = int(data.pop("seed", 42))
     if data.get("kind", "demo") != "demo":
         summary = import_corpus(data, ctx.out_dir)
         log.info("prepare: imported %s corpus: %s", data["kind"], summary["corpus"])
         return summary
     cfg = DemoConfig.from_mapping(data)
-    result = build_demo(cfg, seed, ctx.out_dir)
+    result = build_demo(cfg, cfg.seed, ctx.out_dir)
     summary = summarize(result)
     corpus = summary["corpus"]
     log.info(

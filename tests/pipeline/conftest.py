@@ -76,3 +76,12 @@ def popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory) -> Path:
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def store_overrides(root: Path, run: str = "t") -> list[str]:
+    """The overrides the run's store was built with (from run.json), as a user repeats them (or their
+    experiment=) on the commands of later stages; run_name and paths.* excluded."""
+    import json
+
+    overrides = json.loads((root / run / "run.json").read_text())["overrides"]
+    return [o for o in overrides if not o.startswith(("run_name=", "paths."))]

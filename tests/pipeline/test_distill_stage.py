@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.pipeline.conftest import TINY_WINDOW, cli, popen
+from tests.pipeline.conftest import TINY_WINDOW, cli, popen, store_overrides
 
 pytestmark = pytest.mark.slow
 
 DISTILL = [
     "stage=distill",
     "run_name=t",
+    # an explicit variant name: these tests are about training, not about how variants are named
+    "variant=v",
     "distill.batch_size=4",
     "sampler.num_samples=16",
     "distill.epochs=3",
@@ -28,6 +30,7 @@ DISTILL = [
     "distill.log_indices=true",
     # the weight average is part of the state a resume must restore exactly
     "distill.ema_decay=0.9",
+    "cluster.k=3",
 ]
 
 
@@ -44,7 +47,9 @@ def prepared(tiny_corpus, tmp_path_factory) -> Path:
         *TINY_WINDOW,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    res = cli("stage=cluster", *common, "cluster.k=3")
+    res = cli("stage=cluster", *common, *store_overrides(root), "cluster.k=3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (root / "t" / "cluster" / "cluster.k=3" / "done.json").is_file()  # k=50 in the run's base
     assert res.returncode == 0, res.stderr[-3000:]
     return root
 
@@ -52,12 +57,13 @@ def prepared(tiny_corpus, tmp_path_factory) -> Path:
 def copy_run(src: Path, dst: Path) -> Path:
     for stage in ("precompute", "cluster"):
         shutil.copytree(src / "t" / stage, dst / "t" / stage)
+    shutil.copy(src / "t" / "run.json", dst / "t" / "run.json")
     return dst
 
 
 def final_state(root: Path) -> tuple[int, dict[str, torch.Tensor]]:
     ckpt = torch.load(
-        root / "t" / "distill" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+        root / "t" / "distill" / "v" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     return int(ckpt["global_step"]), ckpt["state_dict"]
 
@@ -65,30 +71,32 @@ def final_state(root: Path) -> tuple[int, dict[str, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def uninterrupted(prepared, tmp_path_factory) -> Path:
     root = copy_run(prepared, tmp_path_factory.mktemp("full"))
-    res = cli(*DISTILL, f"paths.output_root={root}")
+    res = cli(*DISTILL, *store_overrides(root), f"paths.output_root={root}")
     assert res.returncode == 0, res.stderr[-4000:]
     return root
 
 
 def test_distill_trains_and_records(uninterrupted):
-    done = json.loads((uninterrupted / "t" / "distill" / "done.json").read_text())
+    done = json.loads((uninterrupted / "t" / "distill" / "v" / "done.json").read_text())
     assert done["steps"] == 12 and done["updates_per_epoch"] == 4 and done["sampler"] == "bds"
     assert done["clusters"] == 3 and len(done["history"]) == 3
     assert all(-1.0 <= row["val/cosine"] <= 1.0 for row in done["history"])
     ckpt = torch.load(
-        uninterrupted / "t" / "distill" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+        uninterrupted / "t" / "distill" / "v" / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=True,
     )
     assert ckpt["ssondo_train_config"]["student"]["name"] == "mobilenetv3"
     assert any(k.startswith("student.classification_head.mlp.3") for k in ckpt["state_dict"])
-    assert (uninterrupted / "t" / "distill" / "logs" / "metrics.csv").exists()
-    lines = (uninterrupted / "t" / "distill" / "indices.rank0.txt").read_text().splitlines()
+    assert (uninterrupted / "t" / "distill" / "v" / "logs" / "metrics.csv").exists()
+    lines = (uninterrupted / "t" / "distill" / "v" / "indices.rank0.txt").read_text().splitlines()
     assert len(lines) == 12 and all(len(line.split()) == 5 for line in lines)
 
 
 def test_weight_average_is_checkpointed_and_preferred_by_readers(uninterrupted):
     from ssondo_train.training.checkpoint import load_distill_checkpoint
 
-    path = uninterrupted / "t" / "distill" / "checkpoints" / "last.ckpt"
+    path = uninterrupted / "t" / "distill" / "v" / "checkpoints" / "last.ckpt"
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     trained = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
     average = {k[len("student_ema.") :]: v for k, v in state.items() if k.startswith("student_ema.")}
@@ -106,8 +114,8 @@ def test_weight_average_is_checkpointed_and_preferred_by_readers(uninterrupted):
 
 def test_killed_run_resumes_to_the_same_weights(prepared, uninterrupted, tmp_path):
     root = copy_run(prepared, tmp_path)
-    index_log = root / "t" / "distill" / "indices.rank0.txt"
-    proc = popen(*DISTILL, f"paths.output_root={root}")
+    index_log = root / "t" / "distill" / "v" / "indices.rank0.txt"
+    proc = popen(*DISTILL, *store_overrides(root), f"paths.output_root={root}")
     deadline = time.time() + 300
     # Kill inside the second epoch (after step 5 started), i.e. between two checkpoints.
     while proc.poll() is None and time.time() < deadline:
@@ -117,11 +125,11 @@ def test_killed_run_resumes_to_the_same_weights(prepared, uninterrupted, tmp_pat
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (root / "t" / "distill" / "done.json").exists()
-    res = cli(*DISTILL, f"paths.output_root={root}")
+    assert not (root / "t" / "distill" / "v" / "done.json").exists()
+    res = cli(*DISTILL, *store_overrides(root), f"paths.output_root={root}")
     assert res.returncode == 0, res.stderr[-4000:]
-    done = json.loads((root / "t" / "distill" / "done.json").read_text())
-    assert done["resumed_from"] == "distill/checkpoints/last.ckpt"
+    done = json.loads((root / "t" / "distill" / "v" / "done.json").read_text())
+    assert done["resumed_from"] == "distill/v/checkpoints/last.ckpt"
     step_a, state_a = final_state(uninterrupted)
     step_b, state_b = final_state(root)
     assert step_a == step_b == 12
@@ -134,6 +142,7 @@ def test_two_process_ddp_on_cpu_splits_the_stream(prepared, tmp_path):
     root = copy_run(prepared, tmp_path)
     res = cli(
         *DISTILL,
+        *store_overrides(root),
         f"paths.output_root={root}",
         "distill.epochs=1",
         "trainer.devices=2",
@@ -141,7 +150,7 @@ def test_two_process_ddp_on_cpu_splits_the_stream(prepared, tmp_path):
         timeout=900,
     )
     assert res.returncode == 0, res.stderr[-4000:]
-    out = root / "t" / "distill"
+    out = root / "t" / "distill" / "v"
     streams = []
     for rank in range(2):
         lines = (out / f"indices.rank{rank}.txt").read_text().splitlines()

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from tests.conftest import make_signal
-from tests.pipeline.conftest import TINY_WINDOW, cli
+from tests.pipeline.conftest import TINY_WINDOW, cli, store_overrides
 
 CLASSES = ("chirp", "noise", "tone")
 HEADER = (
@@ -25,6 +25,8 @@ HEADER = (
 SUPERVISED = [
     "stage=distill",
     "run_name=t",
+    # an explicit variant name: these tests are about training, not about how variants are named
+    "variant=v",
     "distill.batch_size=4",
     "sampler.num_samples=16",
     "distill.epochs=2",
@@ -85,11 +87,12 @@ def precomputed(labelled_corpus, tmp_path_factory) -> Path:
 
 def copy_precompute(src: Path, dst: Path) -> Path:
     shutil.copytree(src / "t" / "precompute", dst / "t" / "precompute")
+    shutil.copy(src / "t" / "run.json", dst / "t" / "run.json")
     return dst
 
 
 def read_metrics(root: Path) -> list[dict[str, str]]:
-    with open(root / "t" / "distill" / "logs" / "metrics.csv", newline="") as fh:
+    with open(root / "t" / "distill" / "v" / "logs" / "metrics.csv", newline="") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -104,6 +107,7 @@ def test_supervised_baseline_trains_a_label_head(precomputed, tmp_path):
     root = copy_precompute(precomputed, tmp_path)
     res = cli(
         *SUPERVISED,
+        *store_overrides(root),
         f"paths.output_root={root}",
         "loss.label_weight=1.0",
         "sampler=class_balanced",
@@ -111,7 +115,7 @@ def test_supervised_baseline_trains_a_label_head(precomputed, tmp_path):
         "distill.mixup_alpha=0.3",
     )
     assert res.returncode == 0, res.stderr[-4000:]
-    out = root / "t" / "distill"
+    out = root / "t" / "distill" / "v"
     done = json.loads((out / "done.json").read_text())
     assert done["sampler"] == "class_balanced" and done["label_weight"] == 1.0
     assert done["classes"] == list(CLASSES) and done["steps"] == 8
@@ -145,13 +149,14 @@ def test_half_label_half_distillation_logs_both_terms(precomputed, tmp_path):
     root = copy_precompute(precomputed, tmp_path)
     res = cli(
         *SUPERVISED,
+        *store_overrides(root),
         f"paths.output_root={root}",
         "loss.label_weight=0.5",
         "sampler=random",
         "distill.epochs=1",
     )
     assert res.returncode == 0, res.stderr[-4000:]
-    done = json.loads((root / "t" / "distill" / "done.json").read_text())
+    done = json.loads((root / "t" / "distill" / "v" / "done.json").read_text())
     assert done["label_weight"] == 0.5 and done["sampler"] == "random"
     (row,) = done["history"]
     assert -1.0 <= row["val/cosine"] <= 1.0 and 0.0 < row["val/mAP"] <= 1.0
@@ -173,11 +178,17 @@ def test_label_loss_without_labels_fails_at_start_up(precomputed, labelled_corpu
     done = json.loads(done_file.read_text())
     done["config"]["precompute"]["manifest"] = str(labelled_corpus[1])  # same clips, empty labels column
     done_file.write_text(json.dumps(done))
-    res = cli(*SUPERVISED, f"paths.output_root={root}", "loss.label_weight=1.0", "sampler=class_balanced")
+    res = cli(
+        *SUPERVISED,
+        *store_overrides(root),
+        f"paths.output_root={root}",
+        "loss.label_weight=1.0",
+        "sampler=class_balanced",
+    )
     assert res.returncode != 0
     assert "no training clip" in res.stderr and "labels" in res.stderr
-    assert not (root / "t" / "distill" / "done.json").exists()
-    assert not (root / "t" / "distill" / "checkpoints").exists()
+    assert not (root / "t" / "distill" / "v" / "done.json").exists()
+    assert not (root / "t" / "distill" / "v" / "checkpoints").exists()
 
 
 # ---- unit tests (fast) -------------------------------------------------------------------------------------

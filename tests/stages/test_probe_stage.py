@@ -120,7 +120,7 @@ def test_probe_stage_end_to_end_with_cache_reuse(tmp_path, compose):
     cfg = compose(overrides)
     run_dir = out_root / "t"
     done = run_stage(get_stage("probe"), cfg, run_dir)
-    out = run_dir / "probe"
+    out = run_dir / "probe" / "default"  # no store in this run: the default variant's folder
 
     res = json.loads((out / "results.json").read_text())
     teacher, logmel, untrained = (res["results"][m]["shapes"] for m in ("teacher", "logmel", "untrained"))
@@ -161,7 +161,7 @@ def test_probe_stage_end_to_end_with_cache_reuse(tmp_path, compose):
     assert csv_lines[0].startswith("model,task,metric,mean") and len(csv_lines) == 4
 
     # heads: ssondo format, weights-only, normalisation folded -> same logits as the fitted probe on raw input
-    cache = np.load(out / logmel["cache"], allow_pickle=False)
+    cache = np.load(run_dir / logmel["cache"], allow_pickle=False)  # the run's shared embedding cache
     ids, x = [str(c) for c in cache["clip_ids"]], cache["embeddings"]
     assert x.shape == (30, 256) and list(cache["skipped_ids"]) == ["broken"]
     state = torch.load(out / logmel["head"], map_location="cpu", weights_only=True)
@@ -179,7 +179,7 @@ def test_probe_stage_end_to_end_with_cache_reuse(tmp_path, compose):
     assert info["test_score"] == pytest.approx(logmel["mean"])
 
     # rerun with force=true: every embedding comes from the cache (files untouched, no model call)
-    mtimes = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
+    mtimes = {p: p.stat().st_mtime_ns for p in (run_dir / "cache" / "probe").rglob("*.npz")}
     assert len(mtimes) == 3
     run_stage(get_stage("probe"), cfg, run_dir, force=True)
     res2 = json.loads((out / "results.json").read_text())
@@ -194,8 +194,7 @@ def test_probe_stage_end_to_end_with_cache_reuse(tmp_path, compose):
 
 def _fake_distill_checkpoint(path: Path, teacher_dim: int = 12, extra_key: str | None = None) -> dict:
     """A distill-like Lightning checkpoint: LightningModule state dict + run config as plain containers."""
-    from ssondo_train.config.groups import StudentConfig
-    from ssondo_train.stages.distill import build_student_model
+    from ssondo_train.students import build_student_from_section
 
     student_cfg = {
         "name": "mobilenetv3",
@@ -205,7 +204,7 @@ def _fake_distill_checkpoint(path: Path, teacher_dim: int = 12, extra_key: str |
         "kwargs": {"width_mult": 0.4, "bn_momentum": 0.01},
     }
     torch.manual_seed(3)
-    student = build_student_model(StudentConfig(**student_cfg), teacher_dim)
+    student = build_student_from_section(student_cfg, teacher_dim)
     state = {f"student.{k}": v.clone() for k, v in student.state_dict().items()}
     state["target_norm.mean"] = torch.linspace(-1, 1, teacher_dim)
     state["target_norm.std"] = torch.linspace(0.5, 2, teacher_dim)
@@ -258,6 +257,19 @@ def test_distill_checkpoint_loads_strictly_and_maps_projector_to_teacher_space(t
         pm.load_distill_checkpoint(tmp_path / "bad.ckpt")
 
 
+def _fake_store(run_dir: Path, cfg, window_seconds: float) -> None:
+    """A finished precompute stage as far as its readers look: done.json (with the identity of ``cfg``) and
+    the store's meta.json / index.json."""
+    from ssondo_train.runs.variants import identity
+
+    pre = run_dir / "precompute"
+    (pre / "store").mkdir(parents=True)
+    done = {"identity": identity(cfg, "precompute"), "config": {}, "teacher": {"name": "whisper_tiny"}}
+    (pre / "done.json").write_text(json.dumps(done))
+    (pre / "store" / "meta.json").write_text(json.dumps({"extra": {"window_seconds": window_seconds}}))
+    (pre / "store" / "index.json").write_text(json.dumps({"parts": []}))
+
+
 @pytest.mark.slow
 def test_student_models_need_distill_and_run_from_the_checkpoint(tmp_path, compose):
     manifest = write_task(tmp_path / "data", per_class=6, bad=False)
@@ -279,29 +291,28 @@ def test_student_models_need_distill_and_run_from_the_checkpoint(tmp_path, compo
     run_dir = out_root / "s"
     with pytest.raises(StageError, match="stage=distill"):
         run_stage(get_stage("probe"), cfg, run_dir)
-    _fake_distill_checkpoint(run_dir / "distill" / "checkpoints" / "last.ckpt")
-    (run_dir / "distill" / "done.json").write_text(json.dumps({"checkpoints": {"last": "x", "best": None}}))
-    (run_dir / "precompute").mkdir()
-    (run_dir / "precompute" / "done.json").write_text(
-        json.dumps({"config": {"precompute": {"window_seconds": 0.5}}})
+    _fake_distill_checkpoint(run_dir / "distill" / "default" / "checkpoints" / "last.ckpt")
+    (run_dir / "distill" / "default" / "done.json").write_text(
+        json.dumps({"checkpoints": {"last": "x", "best": None}})
     )
+    _fake_store(run_dir, cfg, window_seconds=0.5)
     run_stage(get_stage("probe"), cfg, run_dir)
-    res = json.loads((run_dir / "probe" / "results.json").read_text())
+    res = json.loads((run_dir / "probe" / "default" / "results.json").read_text())
     assert res["models"]["student"]["window_seconds"] == 0.5  # the run's distillation window
     assert res["results"]["student_proj"]["shapes"]["embedding_dim"] == 12
     assert res["results"]["student"]["shapes"]["n_clips"] == 18
     # 2 windows per clip of 0.6-1.4 s at 0.5 s, at most 3
     assert 2 * 18 <= res["results"]["student"]["shapes"]["windows"] <= 3 * 18
-    assert not (run_dir / "probe" / "heads").exists()
+    assert not (run_dir / "probe" / "default" / "heads").exists()
     # one forward pass gave both outputs, each cached exactly as its own embedder computes it
     assert res["results"]["student"]["shapes"]["embedded_with"] == "student_proj"
     assert res["results"]["student_proj"]["shapes"]["cache_hit"] is True
     task = load_any_manifest(manifest)
     clips = [(c.clip_id, str(c.path)) for c in task.clips]
     for label, output in (("student", "backbone"), ("student_proj", "projector")):
-        alone = pm.checkpoint_embedder(run_dir / "distill" / "checkpoints" / "last.ckpt", output, 0.5).load()
-        want = pm.embed_clips(alone, clips, batch_size=64)
-        cache = np.load(run_dir / "probe" / res["results"][label]["shapes"]["cache"], allow_pickle=False)
+        ckpt = run_dir / "distill" / "default" / "checkpoints" / "last.ckpt"
+        want = pm.embed_clips(pm.checkpoint_embedder(ckpt, output, 0.5).load(), clips, batch_size=64)
+        cache = np.load(run_dir / res["results"][label]["shapes"]["cache"], allow_pickle=False)
         assert [str(c) for c in cache["clip_ids"]] == want.clip_ids
         np.testing.assert_allclose(cache["embeddings"], want.x, rtol=1e-5, atol=1e-5)
 
@@ -335,7 +346,8 @@ def test_demo_task_needs_prepare_and_a_missing_export_module_is_skipped(tmp_path
     assert done["results"]["logmel"]["shapes"]["n_clips"] == 15 and list(done["results"]) == ["logmel"]
     assert done["tasks"]["shapes"]["spec"] == "shapes"
     assert (
-        f"- {label}: ssondo_train.export is not available" in (run_dir / "probe" / "results.md").read_text()
+        f"- {label}: ssondo_train.export is not available"
+        in (run_dir / "probe" / "default" / "results.md").read_text()
     )
 
 
@@ -373,10 +385,8 @@ def test_a_real_lightning_distill_checkpoint_loads_weights_only(tmp_path, compos
     from lightning.pytorch.callbacks import ModelCheckpoint
     from omegaconf import OmegaConf
 
-    from ssondo_train.config.groups import StudentConfig
-    from ssondo_train.config.schema import to_schema
     from ssondo_train.losses import build_loss
-    from ssondo_train.stages.distill import build_student_model
+    from ssondo_train.students import build_student_from_section
     from ssondo_train.students.frontend import StudentFrontEnd
     from ssondo_train.training.module import DistillModule, OptimConfig, TargetNorm
     from ssondo_train.training.schedule import WarmupRampdown
@@ -384,7 +394,7 @@ def test_a_real_lightning_distill_checkpoint_loads_weights_only(tmp_path, compos
     cfg = compose(["stage=distill", "student.kwargs.width_mult=0.4", "student.projector_hidden=32"])
     dim = 8
     torch.manual_seed(0)
-    student = build_student_model(to_schema("student", cfg.student, StudentConfig), dim)
+    student = build_student_from_section(cfg.student, dim)
     norm = TargetNorm("zscore", torch.randn(dim), torch.rand(dim) + 0.5)
     module = DistillModule(
         student,
