@@ -18,4 +18,4 @@ def test_import_contracts_are_kept():
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    assert "Contracts: 3 kept, 0 broken." in res.stdout, res.stdout[-2000:]
+    assert "Contracts: 4 kept, 0 broken." in res.stdout, res.stdout[-2000:]

@@ -77,7 +77,9 @@ def plan(run_dir: str | Path) -> list[str]:
     steps = [f"move {s}/ to {s}/{DEFAULT_VARIANT}/" for s in legacy if s in VARIANT_STAGES]
     if (layout.root / "probe" / "cache").is_dir() and "probe" in legacy:
         steps.append(f"move probe/cache/ to {PROBE_CACHE_DIR}/")
-    steps += [f"rewrite {s} done.json" for s in ("prepare", *legacy) if layout.read_done(s) or s in legacy]
+    if layout.read_done("prepare") is not None:
+        steps.append("rewrite prepare/done.json")
+    steps += [f"rewrite {s}/done.json" for s in legacy]
     if legacy:
         steps.append("write run.json (the run's base configuration)")
     return steps
@@ -174,7 +176,11 @@ def migrate(run_dir: str | Path) -> list[str]:
     if "precompute" in old:
         cfg = old["precompute"]["config"]
         pre = {**_without("precompute", cfg.get("precompute", {})), "split_seed": seed}
-        ident = {"precompute": pre, "teacher": cfg.get("teacher"), "store": cfg.get("store")}
+        ident = {
+            "precompute": pre,
+            "teacher": _without("teacher", cfg.get("teacher")),
+            "store": _without("store", cfg.get("store")),
+        }
         rewrite("precompute", None, ident, {})
     store = {"store": layout.store_digest()} if layout.store_digest() else {}
     if "cluster" in old:
@@ -216,8 +222,8 @@ def migrate(run_dir: str | Path) -> list[str]:
         students = any(str(m).split(":")[0] in ("student", "student_proj") for m in models)
         ident = {
             "probe": {**_without("probe", cfg.get("probe", {}))},
-            "teacher": cfg.get("teacher"),
-            "student": cfg.get("student"),
+            "teacher": _without("teacher", cfg.get("teacher")),
+            "student": _without("student", cfg.get("student")),
             "seed": cfg.get("seed", seed),
             "variants": [DEFAULT_VARIANT] if students else [],
         }

@@ -54,6 +54,9 @@ EXECUTION_KEYS = frozenset(
         "probe.num_workers",
         "probe.variants",
         "probe.paper_reference",
+        # where the teacher's weights are read from: the store records their sha256, which is what counts
+        "teacher.checkpoint_path",
+        "teacher.model_path",
     }
 )
 # Config groups whose choice is shown as ``group=option`` in variant names, in this order.

@@ -171,6 +171,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         info.root, train_idx, val_idx, clusters, window_samples, clip_paths, labels, class_names
     )
 
+    _refuse_spawning_in_a_local_sweep(trainer_cfg)
     world = int(trainer_cfg.num_nodes) * (
         int(trainer_cfg.devices) if str(trainer_cfg.devices).isdigit() else 1
     )
@@ -354,6 +355,43 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "resumed_from": str(resume.relative_to(ctx.run_dir)) if resume else None,
     }
     return figures
+
+
+def _refuse_spawning_in_a_local_sweep(trainer_cfg: Any) -> None:
+    """Lightning starts the extra DDP processes of one machine by re-running the command line; inside a local
+    ``-m`` sweep that command is the whole sweep, so every process would train every variant. SLURM tasks and
+    torchrun start the processes themselves and are fine.
+
+    Raises:
+        StageError: a local multirun whose trainer would spawn processes.
+    """
+    import os
+
+    import torch
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    devices = str(trainer_cfg.devices)
+    if devices.isdigit():
+        local = int(devices)
+    elif trainer_cfg.accelerator in ("gpu", "cuda", "auto"):
+        local = torch.cuda.device_count()
+    else:
+        local = 1
+    external = (
+        any(k in os.environ for k in ("LOCAL_RANK", "RANK")) or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    )
+    if local > 1 and not external:
+        raise StageError(
+            f"a local -m sweep cannot train with trainer.devices={devices} ({local} processes): Lightning "
+            "would start each extra process with the whole sweep. Run one command per variant, or the sweep "
+            "with hydra/launcher=slurm (one task per GPU)"
+        )
 
 
 def _clear_training_outputs(out: Path) -> None:

@@ -256,3 +256,36 @@ def test_a_run_folder_of_version_0_1_is_named_and_converted(run, tmp_path):
     res = cli("stage=distill", *moved, "sampler=random")  # and new variants are named against its base
     assert res.returncode == 0, res.stderr[-2000:]
     assert (copy / "t" / "distill" / "sampler=random" / "done.json").is_file()
+
+
+def test_a_parallel_sweep_trains_its_variants_side_by_side(run):
+    """hydra-submitit's local launcher runs the jobs of a sweep as parallel processes, as SLURM would: each
+    variant writes its own folder, the shared store and clusters are only read."""
+    root, base = run
+    t = root / "t"
+    store = md5_tree(t / "precompute")
+    clusters = md5_tree(t / "cluster" / "default")
+    res = cli(
+        "-m",
+        "stage=distill",
+        *base,
+        "seed=11,12",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for seed in (11, 12):
+        done = json.loads((t / "distill" / f"seed={seed}" / "done.json").read_text())
+        assert done["identity"]["seed"] == seed and done["steps"] == 8
+    assert md5_tree(t / "precompute") == store and md5_tree(t / "cluster" / "default") == clusters
+    logs = list((t / "multirun").glob("*/.submitit/*/*_log.out"))
+    assert len(logs) == 2  # two jobs, each with its own log
+
+
+def test_a_local_sweep_refuses_to_spawn_ddp_processes(run):
+    root, base = run
+    res = cli("-m", "stage=distill", *base, "seed=21,22", "trainer.devices=2", "trainer.strategy=ddp")
+    assert res.returncode == 2
+    assert "cannot train with trainer.devices=2" in res.stderr and "hydra/launcher=slurm" in res.stderr
+    assert not (root / "t" / "distill" / "seed=21").exists()
