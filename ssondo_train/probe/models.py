@@ -81,7 +81,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
         )
     if kind == "export":
         if not arg.strip():
-            raise ValueError(f"probe model {spec!r}: give the export folder, e.g. export:outputs/demo/export/default")
+            raise ValueError(
+                f"probe model {spec!r}: give the export folder, e.g. export:outputs/demo/export/default"
+            )
         return ModelSpec(text, kind, arg.strip())
     if sep:
         raise ValueError(f"probe model {spec!r}: {kind!r} takes no argument")

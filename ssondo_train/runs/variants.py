@@ -101,8 +101,14 @@ def identity(cfg: Any, stage: str) -> dict[str, Any]:
     return {s: _drop_execution_keys(s, _plain(cfg[s])) for s in sections if s in cfg}
 
 
+def normalized(ident: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded identity without the keys that count as execution keys today (a result recorded before a
+    key became one still matches)."""
+    return {s: _drop_execution_keys(s, v) for s, v in ident.items()}
+
+
 def identity_hash(ident: Mapping[str, Any]) -> str:
-    blob = json.dumps(ident, sort_keys=True, default=str)
+    blob = json.dumps(normalized(ident), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -136,7 +136,7 @@ class StageContext:
         """
         done = self.require_done("precompute")
         want = rv.identity(self.cfg, "precompute")
-        have = done.get("identity", {})
+        have = rv.normalized(done.get("identity", {}))
         diffs = rv.differences(have, want)
         if diffs:
             run = self.layout.read_run() or {}
@@ -183,7 +183,7 @@ class StageContext:
         name = self.cluster_variant()
         done = self.require_done("cluster", name)
         want = rv.identity(self.cfg, "cluster")
-        diffs = rv.differences(done.get("identity", {}), want)
+        diffs = rv.differences(rv.normalized(done.get("identity", {})), want)
         if diffs:
             raise StageError(
                 f"cluster/{name} of run '{self.layout.name}' was computed with other settings: "
@@ -327,8 +327,12 @@ def run_stage(
         inputs: dict[str, str] | None = None
         if marker.exists() and not force:
             done = read_json(marker)
-            if done.get("config_hash") != digest:
-                diffs = rv.differences(done.get("identity", {}), ident)
+            recorded = done.get("identity")
+            same = done.get("config_hash") == digest or (
+                recorded is not None and rv.identity_hash(recorded) == digest
+            )
+            if not same:
+                diffs = rv.differences(rv.normalized(recorded or {}), ident)
                 raise StageError(
                     f"{where} already finished with a different configuration: "
                     f"{rv.describe_differences(diffs, 'done', 'now')}. Use force=true to redo it"
