@@ -322,6 +322,7 @@ def run_stage(
     digest = rv.identity_hash(ident)
     marker = ctx.out_dir / DONE_FILE
     secondary = is_secondary_process()
+    fresh = not ctx.out_dir.exists()
     lock = contextlib.nullcontext() if secondary else folder_lock(ctx.out_dir, where)
     with lock:
         inputs: dict[str, str] | None = None
@@ -357,31 +358,48 @@ def run_stage(
         if marker.exists() and not secondary:
             marker.unlink()
         started = time.time()
-        log_ctx = contextlib.nullcontext() if secondary else stage_log(ctx.out_dir / f"{stage.name}.log")
-        with log_ctx:
-            if not secondary:
-                atomic_write_text(ctx.out_dir / CONFIG_SNAPSHOT, OmegaConf.to_yaml(cfg, resolve=True))
-            log.info("%s -> %s", where, ctx.out_dir)
-            figures = stage.run(ctx) or {}
-            if figures.get("_rank_only"):
-                # A non-zero rank of a distributed stage: rank 0 writes the marker.
-                return figures
-            done = {
-                "format_version": DONE_FORMAT_VERSION,
-                "stage": stage.name,
-                "run_name": layout.name,
-                "variant": ctx.variant,
-                "config_hash": digest,
-                "identity": ident,
-                "inputs": inputs,
-                "config": stage_config(cfg, rv.STAGE_SECTIONS[stage.name]),
-                "overrides": list(overrides),
-                "package_version": __version__,
-                "python": platform.python_version(),
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                "seconds": round(time.time() - started, 3),
-                **figures,
-            }
-            atomic_write_json(marker, done)
-            log.info("%s done in %.1f s -> %s", where, done["seconds"], ctx.out_dir)
+        log_file = ctx.out_dir / f"{stage.name}.log"
+        log_ctx = contextlib.nullcontext() if secondary else stage_log(log_file)
+        try:
+            with log_ctx:
+                if not secondary:
+                    atomic_write_text(ctx.out_dir / CONFIG_SNAPSHOT, OmegaConf.to_yaml(cfg, resolve=True))
+                log.info("%s -> %s", where, ctx.out_dir)
+                figures = stage.run(ctx) or {}
+                if figures.get("_rank_only"):
+                    # A non-zero rank of a distributed stage: rank 0 writes the marker.
+                    return figures
+                done = {
+                    "format_version": DONE_FORMAT_VERSION,
+                    "stage": stage.name,
+                    "run_name": layout.name,
+                    "variant": ctx.variant,
+                    "config_hash": digest,
+                    "identity": ident,
+                    "inputs": inputs,
+                    "config": stage_config(cfg, rv.STAGE_SECTIONS[stage.name]),
+                    "overrides": list(overrides),
+                    "package_version": __version__,
+                    "python": platform.python_version(),
+                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                    "seconds": round(time.time() - started, 3),
+                    **figures,
+                }
+                atomic_write_json(marker, done)
+                log.info("%s done in %.1f s -> %s", where, done["seconds"], ctx.out_dir)
+        except StageError:
+            # Refused before producing anything: a new folder holding only the runner's own files goes again.
+            if (
+                fresh
+                and not secondary
+                and {p.name for p in ctx.out_dir.iterdir()}
+                <= {
+                    LOCK_FILE,
+                    CONFIG_SNAPSHOT,
+                    log_file.name,
+                }
+            ):
+                for name in (CONFIG_SNAPSHOT, log_file.name):
+                    (ctx.out_dir / name).unlink(missing_ok=True)
+            raise
     return done

@@ -14,6 +14,14 @@ import soundfile as sf
 from tests.conftest import REPO_ROOT, make_signal
 
 TINY_WINDOW = ["precompute.window_seconds=1.0", "precompute.hop_seconds=1.0"]
+# A few updates of 4 one-second windows: enough to train, validate and checkpoint in seconds.
+TINY_TRAINING = [
+    "distill.batch_size=4",
+    "sampler.num_samples=16",
+    "distill.warm_up_len=1",
+    "trainer.num_workers=0",
+    "distill.bn_recalibration_items=16",
+]
 
 
 def write_tiny_corpus(folder: Path, n_clips: int = 24, seed: int = 0, bad: bool = True) -> Path:

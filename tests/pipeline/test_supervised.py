@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from tests.conftest import make_signal
-from tests.pipeline.conftest import TINY_WINDOW, cli, store_overrides
+from tests.pipeline.conftest import TINY_TRAINING, TINY_WINDOW, cli, store_overrides
 
 CLASSES = ("chirp", "noise", "tone")
 HEADER = (
@@ -27,12 +27,8 @@ SUPERVISED = [
     "run_name=t",
     # an explicit variant name: these tests are about training, not about how variants are named
     "variant=v",
-    "distill.batch_size=4",
-    "sampler.num_samples=16",
+    *TINY_TRAINING,
     "distill.epochs=2",
-    "distill.warm_up_len=1",
-    "trainer.num_workers=0",
-    "distill.bn_recalibration_items=16",
 ]
 
 

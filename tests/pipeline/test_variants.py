@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.conftest import TINY_WINDOW, cli
+from tests.pipeline.conftest import TINY_TRAINING, TINY_WINDOW, cli
 
 pytestmark = pytest.mark.slow
 
 # The run's "experiment": what the store and the default variant are made with.
-TRAIN = [
-    "cluster.k=3",
-    "distill.batch_size=4",
-    "sampler.num_samples=16",
-    "distill.epochs=2",
-    "distill.warm_up_len=1",
-    "trainer.num_workers=0",
-    "distill.bn_recalibration_items=16",
-]
+TRAIN = [*TINY_TRAINING, "distill.epochs=2", "cluster.k=3"]
 
 
 def md5_tree(folder: Path) -> dict[str, str]:
