@@ -306,6 +306,7 @@ def build_embedders(
     With several variants, ``student`` / ``student_proj`` give one row per variant (``student[<variant>]``)
     and ``untrained`` one row per distinct student configuration; teacher, log-mel and exports give one row.
     """
+    import dataclasses
     import json
 
     from ssondo_train.config.groups import TeacherConfig
@@ -338,7 +339,7 @@ def build_embedders(
             configs: dict[str, tuple[Any, list[str | None]]] = {}
             for v in variants or [None]:
                 scfg = _variant_student(ctx, v)
-                key = json.dumps(dataclasses_asdict(scfg), sort_keys=True, default=str)
+                key = json.dumps(dataclasses.asdict(scfg), sort_keys=True, default=str)
                 configs.setdefault(key, (scfg, []))[1].append(v)
             names = [c.name for c, _ in configs.values()]
             for scfg, used_by in configs.values():
@@ -388,12 +389,6 @@ def build_embedders(
             except (OSError, ValueError) as err:
                 raise StageError(f"probe model {s.spec!r}: {err}") from None
     return embedders, spec_of, skipped, info
-
-
-def dataclasses_asdict(obj: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 # --- embedding cache
