@@ -36,18 +36,12 @@ class MigrationError(RuntimeError):
     """The folder cannot be converted (not a 0.1 run, or an inconsistent one)."""
 
 
-def _without(section: str, value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    return {k: v for k, v in value.items() if f"{section}.{k}" not in rv.EXECUTION_KEYS}
-
-
 def _infer_trainer_choice(trainer: dict[str, Any]) -> str | None:
     """The ``configs/trainer/<option>.yaml`` whose identity keys match (old runs did not record choices)."""
     from ssondo_train.config.location import CONFIG_DIR
 
     load = rv.option_defaults_from(CONFIG_DIR)
-    want = _without("trainer", trainer)
+    want = rv.without_execution_keys("trainer", trainer)
     for path in sorted((Path(CONFIG_DIR) / "trainer").glob("*.yaml")):
         option = dict(load("trainer", path.stem))
         if all(option.get(k) == v for k, v in want.items()):
@@ -129,7 +123,7 @@ def migrate(run_dir: str | Path) -> list[str]:
             base[section] = distill_cfg[section]
     if "cluster" in old.get("cluster", {}).get("config", {}):
         base["cluster"] = {**old["cluster"]["config"]["cluster"], "seed": seed}
-    base = {s: _without(s, v) for s, v in base.items()}
+    base = {s: rv.without_execution_keys(s, v) for s, v in base.items()}
     choices = {
         g: base[g].get("name") for g in ("student", "sampler", "loss") if isinstance(base.get(g), dict)
     }
@@ -175,11 +169,11 @@ def migrate(run_dir: str | Path) -> list[str]:
         rewrite("prepare", None, {"data": data}, {})
     if "precompute" in old:
         cfg = old["precompute"]["config"]
-        pre = {**_without("precompute", cfg.get("precompute", {})), "split_seed": seed}
+        pre = {**rv.without_execution_keys("precompute", cfg.get("precompute", {})), "split_seed": seed}
         ident = {
             "precompute": pre,
-            "teacher": _without("teacher", cfg.get("teacher")),
-            "store": _without("store", cfg.get("store")),
+            "teacher": rv.without_execution_keys("teacher", cfg.get("teacher")),
+            "store": rv.without_execution_keys("store", cfg.get("store")),
         }
         rewrite("precompute", None, ident, {})
     store = {"store": layout.store_digest()} if layout.store_digest() else {}
@@ -188,7 +182,9 @@ def migrate(run_dir: str | Path) -> list[str]:
     if "distill" in old:
         cfg = old["distill"]["config"]
         ident = {
-            s: _without(s, cfg[s]) for s in ("distill", "student", "loss", "sampler", "trainer") if s in cfg
+            s: rv.without_execution_keys(s, cfg[s])
+            for s in ("distill", "student", "loss", "sampler", "trainer")
+            if s in cfg
         }
         ident["seed"] = cfg.get("seed", seed)
         inputs = dict(store)
@@ -221,9 +217,9 @@ def migrate(run_dir: str | Path) -> list[str]:
         models = (cfg.get("probe") or {}).get("models", [])
         students = any(str(m).split(":")[0] in ("student", "student_proj") for m in models)
         ident = {
-            "probe": {**_without("probe", cfg.get("probe", {}))},
-            "teacher": _without("teacher", cfg.get("teacher")),
-            "student": _without("student", cfg.get("student")),
+            "probe": {**rv.without_execution_keys("probe", cfg.get("probe", {}))},
+            "teacher": rv.without_execution_keys("teacher", cfg.get("teacher")),
+            "student": rv.without_execution_keys("student", cfg.get("student")),
             "seed": cfg.get("seed", seed),
             "variants": [DEFAULT_VARIANT] if students else [],
         }

@@ -79,7 +79,8 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def _drop_execution_keys(section: str, value: Any) -> Any:
+def without_execution_keys(section: str, value: Any) -> Any:
+    """``value`` (a section's mapping) without the keys of :data:`EXECUTION_KEYS`; other values unchanged."""
     if not isinstance(value, Mapping):
         return value
     return {k: v for k, v in value.items() if f"{section}.{k}" not in EXECUTION_KEYS}
@@ -98,13 +99,13 @@ def identity(cfg: Any, stage: str) -> dict[str, Any]:
     sections = list(STAGE_SECTIONS[stage])
     if stage == "distill" and needs_clusters(cfg):
         sections.append("cluster")
-    return {s: _drop_execution_keys(s, _plain(cfg[s])) for s in sections if s in cfg}
+    return {s: without_execution_keys(s, _plain(cfg[s])) for s in sections if s in cfg}
 
 
 def normalized(ident: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded identity without the keys that count as execution keys today (a result recorded before a
     key became one still matches)."""
-    return {s: _drop_execution_keys(s, v) for s, v in ident.items()}
+    return {s: without_execution_keys(s, v) for s, v in ident.items()}
 
 
 def identity_hash(ident: Mapping[str, Any]) -> str:
@@ -116,7 +117,7 @@ def base_record(cfg: Any, choices: Mapping[str, Any] | None) -> dict[str, Any]:
     """What ``run.json`` keeps of the configuration that built the store: every section a variant can change
     (execution keys removed) and the chosen config-group options."""
     return {
-        "base": {s: _drop_execution_keys(s, _plain(cfg[s])) for s in VARIANT_SECTIONS if s in cfg},
+        "base": {s: without_execution_keys(s, _plain(cfg[s])) for s in VARIANT_SECTIONS if s in cfg},
         "choices": {g: (choices or {}).get(g) for g in NAMED_GROUPS if (choices or {}).get(g)},
     }
 
@@ -246,7 +247,7 @@ def option_defaults_from(config_dir: str | Path) -> Callable[[str, str], Mapping
         data = OmegaConf.to_container(node, resolve=False)
         assert isinstance(data, dict)
         data.pop("defaults", None)
-        return _drop_execution_keys(group, data)
+        return without_execution_keys(group, data)
 
     return load
 

@@ -109,9 +109,13 @@ class StageContext:
     def out_dir(self) -> Path:
         return self.layout.stage_dir(self.stage.name, self.variant)
 
+    def addressing_overrides(self) -> list[str]:
+        """This command line's overrides without those that never address a result (stage, force, hydra)."""
+        return [o for o in self.overrides if not o.lstrip("+~").startswith(_NOT_ADDRESSING)]
+
     def command(self, stage: str, *extra: str) -> str:
         """The command that runs ``stage`` with this command line's overrides."""
-        keep = [o for o in self.overrides if not o.lstrip("+~").startswith(_NOT_ADDRESSING)]
+        keep = self.addressing_overrides()
         if not any(o.startswith("run_name=") for o in keep):
             keep.insert(0, f"run_name={self.layout.name}")
         return " ".join(["python -m ssondo_train", f"stage={stage}", *keep, *extra])
@@ -152,26 +156,23 @@ class StageContext:
         except LayoutError as err:
             raise StageError(str(err)) from None
 
-    def run_record(self) -> dict[str, Any] | None:
-        return self.layout.read_run()
-
-    def distill_variant(self) -> str:
-        """The distill variant this command line addresses (explicit ``variant=`` or derived)."""
+    def _derived_variant(self, which: str) -> str:
         from ssondo_train.config.location import CONFIG_DIR
 
         try:
             return rv.derive_name(
-                self.cfg, "distill", self.run_record(), self.choices, rv.option_defaults_from(CONFIG_DIR)
+                self.cfg, which, self.layout.read_run(), self.choices, rv.option_defaults_from(CONFIG_DIR)
             )
         except rv.VariantError as err:
             raise StageError(str(err)) from None
 
-    def cluster_variant(self) -> str:
-        from ssondo_train.config.location import CONFIG_DIR
+    def distill_variant(self) -> str:
+        """The distill variant this command line addresses (explicit ``variant=`` or derived)."""
+        return self._derived_variant("distill")
 
-        return rv.derive_name(
-            self.cfg, "cluster", self.run_record(), self.choices, rv.option_defaults_from(CONFIG_DIR)
-        )
+    def cluster_variant(self) -> str:
+        """The clustering this command line addresses (named by its ``cluster.*`` settings)."""
+        return self._derived_variant("cluster")
 
     def cluster_input(self) -> tuple[str, str]:
         """``(cluster variant, digest)`` of the clusters this command line needs, checked against the store.

@@ -329,7 +329,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "format_version": RUN_FORMAT_VERSION,
             "run_name": ctx.layout.name,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "overrides": [o for o in ctx.overrides if not o.startswith(("stage=", "force=", "hydra"))],
+            "overrides": ctx.addressing_overrides(),
             **rv.base_record(ctx.cfg, ctx.choices),
         },
     )
