@@ -26,6 +26,7 @@ def _hydra_main(cfg) -> None:  # cfg: DictConfig
 
     from ssondo_train.config.schema import ConfigError, validate_config
     from ssondo_train.stages import StageError, get_stage, run_stage, stage_names
+    from ssondo_train.store import StoreError
 
     if OmegaConf.is_missing(cfg, "stage_name"):
         print(
@@ -44,8 +45,9 @@ def _hydra_main(cfg) -> None:  # cfg: DictConfig
         stage = get_stage(cfg.stage_name)
         run_dir = Path(cfg.paths.output_root).resolve() / cfg.run_name
         done = run_stage(stage, cfg, run_dir, force=bool(cfg.force), choices=choices, overrides=overrides)
-    except (ConfigError, StageError) as err:
-        # A clear one-line message, not a traceback: these are user errors.
+    except (ConfigError, StageError, StoreError) as err:
+        # A clear one-line message, not a traceback: these are user errors, or a damaged store whose message
+        # says how to repair it.
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     summary = done.get("summary")

@@ -84,6 +84,10 @@ def fit_kmeans(
 
     Returns:
         A ``KMeansResult``; with ``cosine`` the centroids are unit-norm.
+
+    Raises:
+        ValueError: unknown metric or backend, ``k`` outside ``[1, N]``, or NaN/inf in ``x`` (a single one
+            makes the inertia NaN and empties clusters without any error).
     """
     if metric not in METRICS:
         raise ValueError(f"cluster.metric={metric!r}; choose one of {METRICS}")
@@ -92,6 +96,10 @@ def fit_kmeans(
     n = len(x)
     if not 1 <= k <= n:
         raise ValueError(f"cannot fit {k} clusters on {n} embeddings")
+    bad = np.flatnonzero(~np.isfinite(np.asarray(x)).reshape(n, -1).all(axis=1))
+    if bad.size:
+        shown = ", ".join(str(int(i)) for i in bad[:5]) + (" ..." if bad.size > 5 else "")
+        raise ValueError(f"k-means input has {bad.size} row(s) with NaN/inf values (rows {shown})")
     if backend == "sklearn":
         from sklearn.cluster import MiniBatchKMeans
 

@@ -161,11 +161,14 @@ class StoreConfig:
     max_count: int = 10_000
     max_bytes: int = 1_000_000_000
     audio_codec: str = "flac"
+    verify: str = "cached"
 
     def __post_init__(self) -> None:
         from ssondo_train.store import AUDIO_CODECS, BACKENDS
+        from ssondo_train.store.reader import VERIFY_MODES
 
         check_choice("store.backend", self.backend, BACKENDS)
+        check_choice("store.verify", self.verify, VERIFY_MODES)
         check_choice("store.dtype", self.dtype, ("float16", "float32"))
         check_choice("store.audio_codec", self.audio_codec, AUDIO_CODECS)
         check_range("store.max_count", self.max_count, 1)
@@ -183,6 +186,7 @@ class PrecomputeConfig:
     hop_seconds: float = 10.0
     tail: str = "pad"
     min_seconds: float = 0.1
+    max_failure_rate: float = 0.05
     batch_size: int = 32
     device: str = "auto"
     precision: str = "fp32"
@@ -203,6 +207,7 @@ class PrecomputeConfig:
         check_range("precompute.num_workers", self.num_workers, 0)
         check_range("precompute.clips_per_shard", self.clips_per_shard, 1)
         check_range("precompute.valid_fraction", self.valid_fraction, 0.0, 0.5)
+        check_range("precompute.max_failure_rate", self.max_failure_rate, 0.0, 1.0)
 
 
 @register_schema("cluster")
@@ -270,6 +275,9 @@ class DistillConfig:
     bn_recalibration_items: int = 512
     dymn_anneal: bool = False
     save_top_k: int = 2
+    checkpoint_every_n_steps: int | None = 500
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 100
     limit_val_batches: int | None = None
     val_every_n_epochs: int = 1
     ema_decay: float | None = None
@@ -291,6 +299,10 @@ class DistillConfig:
             raise ValueError(f"distill.ema_decay must be null or in (0, 1), got {self.ema_decay}")
         check_choice("distill.target_norm", self.target_norm, ("none", "center", "zscore"))
         check_range("distill.mixup_alpha", self.mixup_alpha, 0.0)
+        if self.checkpoint_every_n_steps is not None:
+            check_range("distill.checkpoint_every_n_steps", self.checkpoint_every_n_steps, 1)
+        check_choice("distill.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        check_range("distill.max_nonfinite_skips", self.max_nonfinite_skips, 0)
         if len(self.betas) != 2:
             raise ValueError(f"distill.betas must have two values, got {self.betas}")
 

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 AUDIOSET_LICENSE = "CC-BY-4.0 labels; audio under YouTube terms"
 
 
+class CorpusImportError(ValueError):
+    """A corpus cannot be imported as configured (unknown ``data.*`` key, missing folder, no usable audio)."""
+
+
 @dataclass(frozen=True)
 class ImportFailure:
     """A file (or CSV row) that could not be imported, and why (``decode_error``, ``empty``, ...)."""
@@ -311,6 +315,16 @@ def import_audioset(
 # ------------------------------------------------------------------------------------- stage entry point
 
 
+def _require_folder(key: str, value: str | Path) -> None:
+    """Raise :class:`CorpusImportError` naming ``key`` when ``value`` is not an existing folder."""
+    folder = Path(value)
+    if not folder.is_dir():
+        raise CorpusImportError(
+            f"{key}={value}: audio folder {folder.resolve()} not found; set {key} to the folder that holds "
+            "the audio files"
+        )
+
+
 def corpus_figures(manifest: Manifest) -> dict[str, object]:
     """Clips, hours, clips per source and per licence of a corpus manifest (for ``done.json``)."""
     from collections import Counter
@@ -328,10 +342,16 @@ def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
 
     ``folder`` keys: ``root`` (folder of audio), optional ``source``, ``license``, ``split``,
     ``label_from_parent``. ``audioset`` keys: ``segments_csv`` (one path or a list), ``audio_dir``, optional
-    ``class_labels_csv``. Skipped files are written to ``import_failures.json``.
+    ``class_labels_csv``. Skipped files are written to ``import_failures.json``. The manifest records the
+    absolute audio folder (``# source_root=``) besides its relative root, so that a later stage which no
+    longer finds the audio (outputs or audio moved) can say where the corpus came from.
 
     Returns:
         ``{"corpus": {...figures, "manifest", "failures", "missing"}, "tasks": {}}``.
+
+    Raises:
+        CorpusImportError: unknown kind or key, a required key unset, the audio folder or a segments CSV
+            missing, or no usable audio file.
     """
     from ssondo_train.data.manifest import CORPUS_MANIFEST, write_manifest
     from ssondo_train.utils.io import atomic_write_json
@@ -343,14 +363,17 @@ def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
         "audioset": {"kind", "segments_csv", "audio_dir", "class_labels_csv", "license"},
     }
     if kind not in allowed:
-        raise ValueError(f"data.kind must be one of demo, {', '.join(allowed)}; got {kind!r}")
+        raise CorpusImportError(f"data.kind must be one of demo, {', '.join(allowed)}; got {kind!r}")
     unknown = sorted(set(data) - allowed[kind])
     if unknown:
-        raise ValueError(f"unknown key(s) for data.kind={kind}: {', '.join(f'data.{k}' for k in unknown)}")
+        raise CorpusImportError(
+            f"unknown key(s) for data.kind={kind}: {', '.join(f'data.{k}' for k in unknown)}"
+        )
     missing: list[str] = []
     if kind == "folder":
         if not data.get("root"):
-            raise ValueError("data.root (the folder of audio files) must be set for data.kind=folder")
+            raise CorpusImportError("data.root (the folder of audio files) must be set for data.kind=folder")
+        _require_folder("data.root", data["root"])
         manifest, failures = import_folder(
             data["root"],
             source=data.get("source"),
@@ -361,8 +384,15 @@ def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
     else:
         csvs = data.get("segments_csv")
         if not csvs or not data.get("audio_dir"):
-            raise ValueError("data.segments_csv and data.audio_dir must be set for data.kind=audioset")
+            raise CorpusImportError("data.segments_csv and data.audio_dir must be set for data.kind=audioset")
         csvs = [csvs] if isinstance(csvs, str | Path) else list(csvs)
+        _require_folder("data.audio_dir", data["audio_dir"])
+        for csv_path in csvs:
+            if not Path(csv_path).is_file():
+                raise CorpusImportError(
+                    f"data.segments_csv: {Path(csv_path).resolve()} not found; give the AudioSet segments "
+                    "CSV file(s), e.g. data.segments_csv=[/data/AudioSet/eval_segments.csv]"
+                )
         clips, failures = [], []
         root = Path(data["audio_dir"]).resolve()
         for csv_path in csvs:
@@ -377,10 +407,10 @@ def import_corpus(data: dict, out_dir: str | Path) -> dict[str, object]:
             missing += result.missing
         manifest = Manifest(root, clips)
     if not len(manifest):
-        raise ValueError(
+        raise CorpusImportError(
             f"data.kind={kind}: no usable audio file found ({len(failures)} failed, {len(missing)} missing)"
         )
-    write_manifest(out_dir / CORPUS_MANIFEST, manifest)
+    write_manifest(out_dir / CORPUS_MANIFEST, manifest, record_source=True)
     atomic_write_json(
         out_dir / "import_failures.json", {"failures": [f.__dict__ for f in failures], "missing": missing}
     )

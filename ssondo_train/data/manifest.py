@@ -22,7 +22,13 @@ File layout::
 - ``source``: where the clip comes from (``gm_timgm6mb``, ``espeak``, ``audioset``, ...).
 - ``license``: SPDX-like licence of the audio.
 
-Further ``#`` comment lines after the first are ignored when reading.
+Further ``#`` comment lines after the first are ignored when reading, except one written by corpus imports::
+
+    # source_root=/data/corpus2
+
+It records where the audio was (absolute) when the manifest was written. It is never used to find the audio
+(``root=`` alone does that); error messages name it when the declared root has gone missing, so a user who
+moved the outputs or the audio learns where the corpus came from.
 """
 
 from __future__ import annotations
@@ -57,11 +63,18 @@ CORPUS_MANIFEST = "corpus.csv"
 TASK_MANIFEST_DIR = "tasks"
 
 _HEADER_RE = re.compile(r"^#\s*ssondo-manifest\s+v(?P<version>\d+)\s+root=(?P<root>.*)$")
+_SOURCE_RE = re.compile(r"^#\s*source_root=(?P<path>.+)$")
+# How many clip files check_audio_root looks for (spread over the manifest): a few stat calls, even on NFS.
+ROOT_PROBE_FILES = 50
 _TOKEN_RE = re.compile(r"^[^\s,;]*$")
 
 
 class ManifestError(ValueError):
     """A manifest file or entry breaks the format (bad header, absolute path, duplicate clip id, ...)."""
+
+
+class AudioRootError(ManifestError):
+    """The audio a manifest points at is not there (its root folder is missing or holds none of its files)."""
 
 
 def check_relative_path(path: str, *, what: str = "path") -> str:
@@ -167,10 +180,15 @@ class Manifest:
     Attributes:
         root: folder the clip paths are relative to (absolute in memory; stored relative in the file).
         clips: entries, in file order.
+        root_text: the ``root=`` value of the file this manifest was read from (``None`` if built in memory).
+        source_root: absolute audio root recorded when the manifest was written (``# source_root=`` line of
+            imported corpora), or ``None``.
     """
 
     root: Path
     clips: list[ClipEntry] = field(default_factory=list)
+    root_text: str | None = None
+    source_root: str | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -207,7 +225,7 @@ class Manifest:
             and (fold is None or c.fold == fold)
             and (labelled is None or bool(c.labels) == labelled)
         ]
-        return Manifest(self.root, keep)
+        return Manifest(self.root, keep, root_text=self.root_text, source_root=self.source_root)
 
     def class_names(self) -> list[str]:
         """Sorted distinct labels over all clips (the class index order of a task)."""
@@ -235,10 +253,16 @@ def _relative_root(manifest_path: Path, root: Path) -> str:
     return PurePosixPath(*Path(rel).parts).as_posix() if rel != "." else "."
 
 
-def format_manifest(manifest: Manifest, root_text: str) -> str:
-    """The file content of ``manifest`` with ``root_text`` as the declared (relative) root."""
+def format_manifest(manifest: Manifest, root_text: str, source_root: str | None = None) -> str:
+    """The file content of ``manifest`` with ``root_text`` as the declared (relative) root.
+
+    Args:
+        source_root: absolute audio root to record on a ``# source_root=`` line (informational), or ``None``.
+    """
     buf = io.StringIO()
     buf.write(f"# ssondo-manifest v{MANIFEST_VERSION} root={root_text}\n")
+    if source_root is not None:
+        buf.write(f"# source_root={source_root}\n")
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for clip in manifest.clips:
@@ -246,11 +270,19 @@ def format_manifest(manifest: Manifest, root_text: str) -> str:
     return buf.getvalue()
 
 
-def write_manifest(path: str | Path, manifest: Manifest) -> Path:
-    """Write ``manifest`` to ``path`` atomically; the root is stored relative to ``path``'s folder."""
+def write_manifest(path: str | Path, manifest: Manifest, *, record_source: bool = False) -> Path:
+    """Write ``manifest`` to ``path`` atomically; the root is stored relative to ``path``'s folder.
+
+    Args:
+        record_source: also record the absolute audio root (``# source_root=``), for corpora imported from
+            a folder outside the run; error messages name it if the relative root breaks later. Off for
+            manifests whose audio lives beside them (the demo), so their files stay byte-identical wherever
+            the run folder is.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, format_manifest(manifest, _relative_root(path, manifest.root)))
+    source = Path(manifest.root).resolve().as_posix() if record_source else None
+    atomic_write_text(path, format_manifest(manifest, _relative_root(path, manifest.root), source))
     return path
 
 
@@ -276,12 +308,79 @@ def read_manifest(path: str | Path) -> Manifest:
     root_text = match["root"].strip()
     if not root_text or root_text.startswith("/") or re.match(r"^[A-Za-z]:[/\\]", root_text):
         raise ManifestError(f"{path}: root {root_text!r} must be a path relative to the manifest's folder")
+    comments = [ln.strip() for ln in lines[1:] if ln.lstrip().startswith("#")]
+    sources = [m["path"].strip() for m in map(_SOURCE_RE.match, comments) if m]
     body = [ln for ln in lines[1:] if not ln.lstrip().startswith("#")]
     reader = csv.DictReader(body)
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise ManifestError(f"{path}: columns {reader.fieldnames} differ from {list(COLUMNS)}")
     clips = [ClipEntry.from_row(row, where=f"{path} row {i + 1}") for i, row in enumerate(reader)]
     try:
-        return Manifest((path.parent / root_text).resolve(), clips)
+        return Manifest(
+            (path.parent / root_text).resolve(),
+            clips,
+            root_text=root_text,
+            source_root=sources[0] if sources else None,
+        )
     except ManifestError as err:
         raise ManifestError(f"{path}: {err}") from err
+
+
+def check_audio_root(
+    manifest: Manifest,
+    manifest_path: str | Path,
+    clips: Sequence[ClipEntry] | None = None,
+    *,
+    origin: str | None = None,
+    probe: int = ROOT_PROBE_FILES,
+) -> None:
+    """Check, before a long job starts, that the audio of ``manifest`` is where its header says.
+
+    The root is relative to the manifest's folder, so moving the outputs (or the audio) alone breaks it;
+    without this check every clip would fail later as a decode error. Besides the root folder, up to
+    ``probe`` files spread over ``clips`` are looked for: a root that exists but holds none of them is the
+    wrong folder.
+
+    Args:
+        manifest: read from ``manifest_path`` (its ``root_text`` / ``source_root`` go into the message).
+        manifest_path: the manifest file.
+        clips: the clips the job will read (default: all of the manifest's).
+        origin: where the corpus was imported from, when the manifest does not record it.
+        probe: how many files to look for (0: only the root folder).
+
+    Raises:
+        AudioRootError: the root folder is missing, or none of the probed files exists; the message names the
+            root, the manifest's ``root=`` value, where the corpus came from and what to do.
+    """
+    path = Path(manifest_path).resolve()
+    root = Path(manifest.root)
+    clips = list(manifest.clips if clips is None else clips)
+    if not root.is_dir():
+        problem = f"audio root {root} not found"
+    else:
+        if not clips or probe <= 0:
+            return
+        step = max(1, len(clips) // probe)
+        sample = clips[::step][:probe]
+        if any((root / c.path).exists() for c in sample):
+            return
+        problem = (
+            f"none of the {len(sample)} audio files looked for exists under audio root {root} "
+            f"(e.g. {root / sample[0].path})"
+        )
+    raise AudioRootError(_root_advice(problem, manifest, path, origin))
+
+
+def _root_advice(problem: str, manifest: Manifest, path: Path, origin: str | None) -> str:
+    declared = manifest.root_text or _relative_root(path, manifest.root)
+    text = f"{problem} ({path.name} says root={declared}, relative to {path.parent})"
+    source = manifest.source_root or origin
+    if not source:
+        return f"{text}; move the audio to {manifest.root} or edit root= in the first line of {path}"
+    text += f"; the corpus was imported from {source}"
+    source_dir = Path(source)
+    if source_dir.is_absolute() and source_dir.is_dir() and source_dir.resolve() != Path(manifest.root):
+        # The audio is still where it was imported from: the outputs moved. Say the exact root to write.
+        fixed = _relative_root(path, source_dir)
+        return f"{text}, which still exists: set root={fixed} in the first line of {path}"
+    return f"{text}; move the audio back or edit root= in the first line of {path}"

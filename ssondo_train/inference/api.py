@@ -112,7 +112,8 @@ def get_ssondo(
 
     Returns:
         :class:`SsondoModel`: ``model(audio)`` -> (B, S, E) without head or logits (B, C) with one;
-        ``get_embeddings`` -> (B, E); ``project`` -> (B, Dt).
+        ``get_embeddings`` -> (B, E); ``project`` -> (B, Dt). In eval mode (as returned) these record no
+        autograd graph (``.numpy()`` works); ``model.train()`` or ``grad=True`` gives gradients.
 
     Raises:
         ValueError: bad head / n_classes combination, unknown checkpoint. HubDownloadError: offline or no

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Literal
 
@@ -24,6 +25,11 @@ class SsondoModel(nn.Module):
     they differ). It is cut into ``preprocess.window_s`` windows: with ``tail="pad"`` (default) audio shorter
     than one window becomes one zero-padded segment and a trailing remainder becomes a zero-padded last
     segment; ``tail="drop"`` is ssondo 0.3.1's behaviour (remainder dropped, short audio is an error).
+
+    Gradients: every call that returns tensors (``preprocess``, ``segment_embeddings``, ``get_embeddings``,
+    ``project``, ``model(audio)``) takes ``grad``. The default (None) follows the mode: a model in eval mode
+    (as :func:`get_ssondo` returns it) records no graph, so results go straight to ``.numpy()``; after
+    ``model.train()`` gradients flow as in any module (fine-tuning). ``grad=True`` / ``False`` overrides it.
 
     Attributes:
         student: backbone ``model`` + ``classification_head`` projector.
@@ -113,13 +119,28 @@ class SsondoModel(nn.Module):
             raise ValueError("audio contains NaN or Inf samples")
         return audio.to(device=self._device(), dtype=torch.float32)
 
-    def preprocess(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def _grad(self, grad: bool | None) -> contextlib.AbstractContextManager[Any]:
+        """No graph for ``grad=False``, or by default in eval mode; ``grad=True`` records one even inside a
+        caller's ``torch.no_grad()``; by default in train mode the caller's grad mode is left alone."""
+        # no_grad, not inference_mode: inference tensors cannot be saved for backward, so a head trained on
+        # model.get_embeddings(x) would fail; plain tensors without a graph serve both uses.
+        if grad is None and self.training:
+            return contextlib.nullcontext()
+        return torch.enable_grad() if grad else torch.no_grad()
+
+    def preprocess(self, audio: torch.Tensor | np.ndarray, grad: bool | None = None) -> torch.Tensor:
         """Raw audio (n,) or (B, n) at ``sample_rate`` -> log-mel segments (B, S, n_mels, T); T=624 for 10 s.
+
+        ``grad``: see the class docstring (default: a graph only in train mode).
 
         Raises:
             TypeError: non-float audio.
             ValueError: not 1-D/2-D, empty, NaN/Inf, or (``tail="drop"``) shorter than one window.
         """
+        with self._grad(grad):
+            return self._preprocess(audio)
+
+    def _preprocess(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
         wav = self._as_waveform(audio)
         spec = self.preprocess_spec
         if self.sample_rate != spec.sample_rate:
@@ -133,9 +154,13 @@ class SsondoModel(nn.Module):
             logmel = (logmel - spec.norm_mean) / spec.norm_std
         return logmel
 
-    def segment_embeddings(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Raw audio -> per-segment backbone embeddings (B, S, E)."""
-        logmel = self.preprocess(audio)
+    def segment_embeddings(self, audio: torch.Tensor | np.ndarray, grad: bool | None = None) -> torch.Tensor:
+        """Raw audio -> per-segment backbone embeddings (B, S, E). ``grad``: see the class docstring."""
+        with self._grad(grad):
+            return self._segment_embeddings(audio)
+
+    def _segment_embeddings(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+        logmel = self._preprocess(audio)
         b, s = logmel.shape[:2]
         parts = [self.backbone(part.unsqueeze(1)) for part in self._chunks(logmel)]  # each (c, 1, E)
         return torch.cat(parts, dim=0).reshape(b, s, -1)
@@ -147,19 +172,31 @@ class SsondoModel(nn.Module):
             return [flat]
         return list(flat.split(self.chunk_size))
 
-    def get_embeddings(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Raw audio -> clip embeddings (B, E): backbone embeddings averaged over segments."""
-        return self.segment_embeddings(audio).mean(dim=1)
+    def get_embeddings(self, audio: torch.Tensor | np.ndarray, grad: bool | None = None) -> torch.Tensor:
+        """Raw audio -> clip embeddings (B, E): backbone embeddings averaged over segments.
 
-    def project(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Raw audio -> projector output (B, Dt) (the student's estimate of the teacher embedding)."""
-        return self.projector(self.segment_embeddings(audio))
+        ``grad``: see the class docstring (default: no graph in eval mode, so ``.numpy()`` works).
+        """
+        with self._grad(grad):
+            return self._segment_embeddings(audio).mean(dim=1)
 
-    def forward(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """No head: (B, S, E) segment embeddings. With a head: logits (B, C) of the pooled embedding."""
-        if self.head is None:
-            return self.segment_embeddings(audio)
-        return self.head(self.get_embeddings(audio))
+    def project(self, audio: torch.Tensor | np.ndarray, grad: bool | None = None) -> torch.Tensor:
+        """Raw audio -> projector output (B, Dt) (the student's estimate of the teacher embedding).
+
+        ``grad``: see the class docstring (default: no graph in eval mode, so ``.numpy()`` works).
+        """
+        with self._grad(grad):
+            return self.projector(self._segment_embeddings(audio))
+
+    def forward(self, audio: torch.Tensor | np.ndarray, grad: bool | None = None) -> torch.Tensor:
+        """No head: (B, S, E) segment embeddings. With a head: logits (B, C) of the pooled embedding.
+
+        ``grad``: see the class docstring (default: a graph only in train mode).
+        """
+        with self._grad(grad):
+            if self.head is None:
+                return self._segment_embeddings(audio)
+            return self.head(self._segment_embeddings(audio).mean(dim=1))
 
     # ----------------------------------------------------------------------------- fine-tuning
     def freeze_backbone(self, projector: bool = True) -> SsondoModel:

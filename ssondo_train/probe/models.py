@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssondo_train.training.checkpoint import load_distill_checkpoint
+from ssondo_train.training.checkpoint import load_distill_checkpoint, verify_distill_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -446,12 +446,21 @@ def untrained_embedder(
 
 
 def checkpoint_embedder(ckpt_path: str | Path, output: str, window_seconds: float) -> StudentEmbedder:
-    """``student`` (``output="backbone"``) or ``student_proj`` (``"projector"``) from a distill checkpoint."""
+    """``student`` (``output="backbone"``) or ``student_proj`` (``"projector"``) from a distill checkpoint.
+
+    The model is built lazily, but the checkpoint is checked now: a bad one fails before any embedding work.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DivergedCheckpointError: its weights hold NaN/inf (a diverged run).
+        ValueError: not a distill checkpoint.
+    """
     from ssondo_train.utils.io import sha256_file
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"no distill checkpoint at {ckpt_path}")
+    verify_distill_checkpoint(ckpt_path)
     kind = "student" if output == "backbone" else "student_proj"
 
     def loader() -> tuple[nn.Module, Tensor, Tensor]:

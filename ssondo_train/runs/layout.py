@@ -32,10 +32,14 @@ from typing import Any
 from ssondo_train.data.manifest import CORPUS_MANIFEST, TASK_MANIFEST_DIR
 from ssondo_train.store.format import INDEX_FILE as STORE_INDEX
 from ssondo_train.store.format import META_FILE as STORE_META
+from ssondo_train.store.format import StoreError
 
 # --- names
 RUN_FILE = "run.json"
 DONE_FILE = "done.json"
+# What the work in a stage folder is being made with (identity, inputs): unfinished work continues only
+# under the same, or is refused with the differences.
+STARTED_FILE = "started.json"
 CONFIG_SNAPSHOT = "config.yaml"
 LOCK_FILE = ".lock"
 RUN_FORMAT_VERSION = 1
@@ -90,6 +94,7 @@ class StoreInfo:
         teacher: the teacher metadata recorded in the store (name, dim, sample_rate, checkpoint hash, ...).
         digest: short sha256 of ``index.json`` (it lists every part with its md5): the store's identity.
         done: precompute's ``done.json``.
+        verify: how :meth:`open` checks the parts (``store.verify``: none, size, md5 or cached).
     """
 
     root: Path
@@ -99,17 +104,24 @@ class StoreInfo:
     teacher: dict[str, Any]
     digest: str
     done: dict[str, Any]
+    verify: str = "cached"
 
     @property
     def manifest(self) -> str | None:
         """The corpus manifest precompute read (``None`` = the prepare stage's ``corpus.csv``)."""
         return (self.done.get("config") or {}).get("precompute", {}).get("manifest")
 
-    def open(self, verify: str = "size"):
-        """The :class:`~ssondo_train.store.EmbeddingStore`."""
+    def open(self, verify: str | None = None):
+        """The :class:`~ssondo_train.store.EmbeddingStore`, its parts checked with ``verify`` (default: the
+        mode this info was made with, see :meth:`RunLayout.store_info`).
+
+        Raises:
+            StoreCorruptError: a part fails verification or ``index.json`` is unreadable (the message says how
+                to repair it). StoreError: not a store.
+        """
         from ssondo_train.store import open_store
 
-        return open_store(self.root, verify=verify)
+        return open_store(self.root, verify=self.verify if verify is None else verify)
 
 
 class RunLayout:
@@ -178,13 +190,25 @@ class RunLayout:
     def store_dir(self) -> Path:
         return self.stage_dir("precompute") / STORE_DIR
 
-    def store_info(self) -> StoreInfo:
-        """The run's finished store; :class:`LayoutError` when precompute has not finished."""
+    def store_info(self, verify: str = "cached") -> StoreInfo:
+        """The run's finished store.
+
+        Args:
+            verify: how :meth:`StoreInfo.open` checks the parts (none, size, md5 or cached; ``store.verify``).
+
+        Raises:
+            LayoutError: precompute has not finished, or the store's ``meta.json`` is unreadable.
+        """
+        from ssondo_train.store.index import read_store_json
+
         done = self.read_done("precompute")
         root = self.store_dir()
         if done is None or not (root / STORE_INDEX).is_file():
             raise LayoutError(f"run '{self.name}' has no finished teacher store ({root})")
-        meta = _read_json(root / STORE_META)
+        try:
+            meta = read_store_json(root / STORE_META)
+        except (OSError, StoreError) as err:
+            raise LayoutError(str(err)) from None
         extra = meta.get("extra") or {}
         recorded = (done.get("config") or {}).get("precompute", {})
         window = extra.get("window_seconds", recorded.get("window_seconds"))
@@ -198,6 +222,7 @@ class RunLayout:
             teacher=dict(meta.get("teacher") or {}),
             digest=file_digest(root / STORE_INDEX),
             done=done,
+            verify=verify,
         )
 
     def store_digest(self) -> str | None:

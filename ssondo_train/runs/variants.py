@@ -38,6 +38,7 @@ EXECUTION_KEYS = frozenset(
         "precompute.device",
         "precompute.num_workers",
         "precompute.merge_timeout_s",
+        "precompute.max_failure_rate",
         "trainer.accelerator",
         "trainer.devices",
         "trainer.num_nodes",
@@ -49,11 +50,17 @@ EXECUTION_KEYS = frozenset(
         "distill.log_indices",
         "distill.resume_on_force",
         "distill.save_top_k",
+        "distill.checkpoint_every_n_steps",
+        # a healthy run never meets them; a run stopped by a NaN continues under another policy
+        "distill.on_nonfinite",
+        "distill.max_nonfinite_skips",
         "probe.batch_size",
         "probe.device",
         "probe.num_workers",
         "probe.variants",
         "probe.paper_reference",
+        # how much of the store is re-hashed when it is opened: the store itself is the same
+        "store.verify",
         # where the teacher's weights are read from: the store records their sha256, which is what counts
         "teacher.checkpoint_path",
         "teacher.model_path",

@@ -35,6 +35,7 @@ from ssondo_train.runs.layout import (
     DONE_FILE,
     LOCK_FILE,
     RUN_SCOPED_STAGES,
+    STARTED_FILE,
     VARIANT_STAGES,
     LayoutError,
     RunLayout,
@@ -68,6 +69,8 @@ class Stage:
         redo_on_new_inputs: redo a finished stage whose inputs changed (cheap stages) instead of refusing.
         address: ``address(ctx) -> folder name`` for variant stages (default: the distill variant of ``cfg``).
         identity: ``identity(ctx) -> dict`` (default: the stage's config sections, execution keys removed).
+        resumes: an unfinished run of the stage continues where it stopped (distill, precompute); it then
+            continues only under the identity and inputs it was started with (``started.json``).
     """
 
     name: str
@@ -77,6 +80,7 @@ class Stage:
     redo_on_new_inputs: bool = False
     address: Callable[[StageContext], str] | None = None
     identity: Callable[[StageContext], dict[str, Any]] | None = None
+    resumes: bool = False
 
 
 @dataclass
@@ -152,7 +156,7 @@ class StageContext:
                 "with" + (f" ({hint})" if hint else "") + ", or use another run_name."
             )
         try:
-            return self.layout.store_info()
+            return self.layout.store_info(verify=OmegaConf.select(self.cfg, "store.verify", default="cached"))
         except LayoutError as err:
             raise StageError(str(err)) from None
 
@@ -231,8 +235,15 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            # The holder writes its name just after taking the lock: give it a moment to appear.
+            holder = ""
+            for _ in range(50):
+                fh.seek(0)
+                holder = fh.read().strip()
+                if holder:
+                    break
+                time.sleep(0.02)
+            holder = holder or "another process"
             raise StageError(
                 f"{what} is being written by {holder}; wait for it to finish (or stop it) and rerun"
             ) from None
@@ -263,6 +274,101 @@ def stage_log(path: Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def _record_start(
+    ctx: StageContext,
+    where: str,
+    ident: dict[str, Any],
+    inputs: dict[str, str],
+    overrides: list[str],
+    marker_existed: bool,
+) -> list[str]:
+    """Write ``started.json`` (identity and inputs the work in this folder is made with) and, for a stage
+    that resumes, refuse to continue unfinished work under another identity or on other inputs.
+
+    ``resume_with_changes=true`` continues under the new settings anyway; the changes are returned (for
+    ``done.json``) and kept in ``started.json``.
+
+    Raises:
+        StageError: unfinished work of another configuration or on other inputs.
+    """
+    path = ctx.out_dir / STARTED_FILE
+    record = read_json(path) if path.is_file() else None
+    changes: list[str] = []
+    if record is not None and ctx.stage.resumes and not ctx.force and marker_existed:
+        diffs = rv.differences(rv.normalized(record.get("identity", {})), ident)
+        if record.get("inputs", {}) != inputs:
+            changed = sorted(
+                k
+                for k in set(inputs) | set(record.get("inputs", {}))
+                if inputs.get(k) != record.get("inputs", {}).get(k)
+            )
+            raise StageError(
+                f"{where} holds unfinished work made from other earlier results ({', '.join(changed)} "
+                f"changed since it started, {record.get('started_at')}); it cannot continue on them. Use "
+                "force=true to start it again from scratch"
+            )
+        if diffs:
+            described = rv.describe_differences(diffs, "started", "now")
+            if not bool(ctx.cfg.get("resume_with_changes", False)):
+                raise StageError(
+                    f"{where} holds unfinished work started with another configuration: {described}. Rerun "
+                    "with the settings it was started with to continue it, force=true to start it again "
+                    "from scratch, or resume_with_changes=true to continue it under the new settings "
+                    "(recorded in done.json)"
+                )
+            log.warning(
+                "%s continues under changed settings (resume_with_changes=true): %s", where, described
+            )
+            changes = [*record.get("resumed_with_changes", []), described]
+    if record is None or ctx.force or changes or not ctx.stage.resumes or not marker_existed:
+        atomic_write_json(
+            path,
+            {
+                "identity": ident,
+                "inputs": inputs,
+                "overrides": overrides,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **({"resumed_with_changes": changes} if changes else {}),
+            },
+        )
+    return changes
+
+
+@contextlib.contextmanager
+def _reported_failures(where: str, folder: Path) -> Iterator[None]:
+    """Log a stage's unexpected failure into its log; a full disk becomes a one-line :class:`StageError`."""
+    import shutil
+
+    from ssondo_train.store import StoreError
+
+    try:
+        yield
+    except StageError as err:
+        log.error("%s refused: %s", where, err)
+        raise
+    except StoreError as err:  # a damaged store: its message says how to repair it
+        log.error("%s refused: %s", where, err)
+        raise StageError(str(err)) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            log.exception("%s failed", where)
+            raise
+        target = err.filename or folder
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free there now"
+        except OSError:
+            free = "free space unknown"
+        message = (
+            f"no space left on the device while {where} was writing {target} ({free}). Free some space (or "
+            "point paths.output_root elsewhere) and rerun the same command: finished parts are kept"
+        )
+        log.error("%s", message)
+        raise StageError(message) from None
+    except BaseException:
+        log.exception("%s failed", where)
+        raise
 
 
 def _legacy_message(layout: RunLayout, stages: list[str]) -> str:
@@ -358,11 +464,14 @@ def run_stage(
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         if marker.exists() and not secondary:
             marker.unlink()
+        changes: list[str] = []
+        if not secondary:
+            changes = _record_start(ctx, where, ident, inputs, list(overrides), marker_existed=not fresh)
         started = time.time()
         log_file = ctx.out_dir / f"{stage.name}.log"
         log_ctx = contextlib.nullcontext() if secondary else stage_log(log_file)
         try:
-            with log_ctx:
+            with log_ctx, _reported_failures(where, ctx.out_dir):
                 if not secondary:
                     atomic_write_text(ctx.out_dir / CONFIG_SNAPSHOT, OmegaConf.to_yaml(cfg, resolve=True))
                 log.info("%s -> %s", where, ctx.out_dir)
@@ -384,6 +493,7 @@ def run_stage(
                     "python": platform.python_version(),
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                     "seconds": round(time.time() - started, 3),
+                    **({"resumed_with_changes": changes} if changes else {}),
                     **figures,
                 }
                 atomic_write_json(marker, done)
@@ -397,10 +507,11 @@ def run_stage(
                 <= {
                     LOCK_FILE,
                     CONFIG_SNAPSHOT,
+                    STARTED_FILE,
                     log_file.name,
                 }
             ):
-                for name in (CONFIG_SNAPSHOT, log_file.name):
+                for name in (CONFIG_SNAPSHOT, STARTED_FILE, log_file.name):
                     (ctx.out_dir / name).unlink(missing_ok=True)
             raise
     return done

@@ -19,6 +19,7 @@ from ssondo_train.runs.layout import (
     CLUSTER_SIZES_PNG,
 )
 from ssondo_train.stages.base import Stage, StageContext, StageError
+from ssondo_train.store.format import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ssondo_train.utils.io import atomic_path, atomic_write_json
 
     cfg = ctx.cfg.cluster
-    store = ctx.store().open()
+    try:
+        store = ctx.store().open()
+        keys, x = store.read_all_embeddings()
+        # One NaN would give NaN inertia and empty clusters, silently: refuse before k-means runs.
+        store.check_finite(x)
+    except StoreError as err:  # a damaged store: refused like a missing input, leaving no folder behind
+        raise StageError(str(err)) from None
     splits = ctx.layout.splits()
-    keys, x = store.read_all_embeddings()
     split = np.array([splits.get(cid, "train") for cid, _ in keys])
     train = split == "train"
     if int(train.sum()) < int(cfg.k):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ def _load_window_labels(manifest, keys: list[tuple[str, int]], train_idx):
 
 
 class _EpochHistory:
-    """Collects validation figures per epoch for done.json."""
+    """Collects validation figures per epoch for done.json (kept in checkpoints, so a resumed run's history
+    starts at its first epoch)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
@@ -87,7 +89,13 @@ class _EpochHistory:
                 ):
                     if k in m:
                         row[k] = round(float(m[k]), 5)
-                history.rows.append(row)
+                history.rows = [r for r in history.rows if r["epoch"] != row["epoch"]] + [row]
+
+            def state_dict(self) -> dict[str, Any]:
+                return {"rows": [dict(r) for r in history.rows]}
+
+            def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+                history.rows = [dict(r) for r in state_dict.get("rows", [])]
 
         return _Cb()
 
@@ -97,7 +105,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
     from omegaconf import OmegaConf
 
     from ssondo_train.config.groups import (
@@ -115,8 +122,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ssondo_train.sampling.augment import spec_augment as spec_augment_fn
     from ssondo_train.students import build_student_from_section
     from ssondo_train.students.frontend import StudentFrontEnd
+    from ssondo_train.training.csvlog import ContinuedCSVLogger
     from ssondo_train.training.data import STUDENT_SAMPLE_RATE, DistillData, DistillDataModule
-    from ssondo_train.training.module import DistillModule, LabelTask, OptimConfig, TargetNorm
+    from ssondo_train.training.module import (
+        DistillModule,
+        LabelTask,
+        NonFiniteError,
+        NonFinitePolicy,
+        OptimConfig,
+        TargetNorm,
+    )
     from ssondo_train.training.schedule import WarmupRampdown
 
     cfg = ctx.cfg.distill
@@ -239,6 +254,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ),
         channels_last=trainer_cfg.channels_last,
         ema_decay=cfg.ema_decay,
+        nonfinite=NonFinitePolicy(str(cfg.on_nonfinite), int(cfg.max_nonfinite_skips)),
     )
 
     # ---- run folder: checkpoints, loggers, resume --------------------------------------------------------
@@ -251,7 +267,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             log.info("force=true: starting from scratch (this variant's checkpoints and logs are removed)")
         resume = None
         _clear_training_outputs(out)
-    loggers: list[Any] = [CSVLogger(save_dir=str(out), name=LOGS_DIR, version="")]
+    resume_step = _check_resumable(resume, module, ctx) if resume is not None else None
+    loggers: list[Any] = [ContinuedCSVLogger(str(out), LOGS_DIR, resume_step)]
     if logger_cfg.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -286,10 +303,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
             save_top_k=int(cfg.save_top_k),
             save_last=True,
             auto_insert_metric_name=False,
+            enable_version_counter=False,
         ),
         TQDMProgressBar(refresh_rate=max(1, min(20, updates_per_epoch // 5))),
         history.callback(),
     ]
+    if cfg.checkpoint_every_n_steps:
+        # last.ckpt also inside epochs (AudioSet epochs are long): a requeued job loses at most this many
+        # updates, and resumes on the very window where it stopped (the sampler position is checkpointed).
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                save_top_k=0,
+                save_last=True,
+                enable_version_counter=False,
+            )
+        )
     if student_cfg.name == "dymn" and cfg.dymn_anneal:
         callbacks.append(_make_dymn_anneal()())
     trainer = L.Trainer(
@@ -313,11 +343,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
         enable_model_summary=False,
     )
     if resume is not None:
-        log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        log.info("resuming from %s (after update %d)", resume, resume_step)
+    # Our train loader restarts mid-epoch on the right window (its position is the module's checkpointed
+    # batch count), which Lightning cannot see: its warning about non-resumable loaders does not apply.
+    warnings.filterwarnings(
+        "ignore", message=r"You're resuming from a checkpoint that ended before the epoch"
+    )
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except NonFiniteError as err:
+        raise StageError(str(err)) from None
     if not trainer.is_global_zero:
         return {"_rank_only": True}
-    best = callbacks[0].best_model_path
+    best = _finite_best(callbacks[0], last)
     summary_rows = history.rows
     first = summary_rows[0] if summary_rows else {}
     final = summary_rows[-1] if summary_rows else {}
@@ -353,8 +391,87 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "best": str(Path(best).relative_to(ctx.run_dir)) if best else None,
         },
         "resumed_from": str(resume.relative_to(ctx.run_dir)) if resume else None,
+        "resumed_at_step": resume_step,
+        "nonfinite_skipped": int(module.nonfinite_skipped),
     }
     return figures
+
+
+def _check_resumable(path: Path, module: Any, ctx: StageContext) -> int:
+    """The ``global_step`` of the checkpoint a run resumes from, after checking it fits the model.
+
+    Raises:
+        StageError: unreadable, holding NaN/inf weights, or of another shape than the model built now (a
+            leftover of another student or store).
+    """
+    import torch
+
+    from ssondo_train.export.safe_load import safe_torch_load as read_checkpoint
+    from ssondo_train.training.checkpoint import nonfinite_tensors
+
+    rel = path.relative_to(ctx.run_dir)
+    again = f"Run {ctx.command('distill', 'force=true')} to train this variant again from scratch"
+    try:
+        ckpt = read_checkpoint(path)
+        state = ckpt["state_dict"]
+        step = int(ckpt["global_step"])
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+        raise StageError(f"cannot resume from {rel}: {type(err).__name__}: {err}. {again}") from None
+    have = module.state_dict()
+    mismatched = [
+        (k, tuple(v.shape), tuple(have[k].shape))
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and k in have and tuple(v.shape) != tuple(have[k].shape)
+    ]
+    missing = sorted(set(have) - set(state))
+    if mismatched or missing:
+        what = (
+            f"{mismatched[0][0]} is {mismatched[0][1]} there, {mismatched[0][2]} now"
+            if mismatched
+            else f"it has no {missing[0]}"
+        )
+        raise StageError(
+            f"cannot resume from {rel}: it was trained for another model or teacher store ({what}; "
+            f"{len(mismatched) + len(missing)} tensors differ). {again}"
+        )
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise StageError(
+            f"cannot resume from {rel}: {len(bad)} tensors hold NaN/inf (e.g. {bad[0]}). {again}"
+        )
+    return step
+
+
+def _finite_best(checkpointer: Any, last: Path) -> str:
+    """The best checkpoint whose weights are all finite ('' if none); NaN checkpoints are never chosen.
+
+    Raises:
+        StageError: the final ``last.ckpt`` holds NaN/inf weights.
+    """
+    from ssondo_train.export.safe_load import safe_torch_load as read_checkpoint
+    from ssondo_train.training.checkpoint import nonfinite_tensors
+
+    bad = nonfinite_tensors(read_checkpoint(last)["state_dict"])
+    if bad:
+        raise StageError(
+            f"training ended with NaN/inf weights in {last} ({len(bad)} tensors, e.g. {bad[0]}); nothing is "
+            "recorded as finished. Lower distill.lr or set distill.on_nonfinite=skip, and retrain with "
+            "force=true"
+        )
+    ranked = sorted(
+        checkpointer.best_k_models.items(),
+        key=lambda kv: float(kv[1]),
+        reverse=checkpointer.mode == "max",
+    )
+    for path, score in ranked:
+        if (
+            score == score
+            and Path(path).is_file()
+            and not nonfinite_tensors(read_checkpoint(path)["state_dict"])
+        ):
+            return str(path)
+        log.warning("checkpoint %s is not a candidate for best (score %s or NaN/inf weights)", path, score)
+    return ""
 
 
 def _refuse_spawning_in_a_local_sweep(trainer_cfg: Any) -> None:
@@ -438,6 +555,7 @@ STAGE = Stage(
     name="distill",
     run=run,
     inputs=inputs,
+    resumes=True,
     description=(
         "train a student + projector on the teacher store (BDS, random or class-balanced sampling, optional "
         "label loss; Lightning)"

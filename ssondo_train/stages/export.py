@@ -40,7 +40,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ssondo_train.export.formats import PreprocessSpec, ssondo_training_config
     from ssondo_train.inference import get_ssondo
     from ssondo_train.runs.layout import LayoutError
-    from ssondo_train.training.checkpoint import checkpoint_target_norm, load_distill_checkpoint
+    from ssondo_train.training.checkpoint import (
+        DivergedCheckpointError,
+        checkpoint_target_norm,
+        load_distill_checkpoint,
+    )
 
     cfg = ctx.cfg.export
     assert ctx.variant is not None
@@ -54,7 +58,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ckpt = ctx.layout.checkpoint(ctx.variant, which)
     except LayoutError as err:
         raise StageError(str(err)) from None
-    loaded = load_distill_checkpoint(ckpt)
+    try:
+        loaded = load_distill_checkpoint(ckpt)
+    except DivergedCheckpointError as err:
+        # A diverged (NaN) checkpoint is never exported: one line, naming what to do.
+        hint = "; export.checkpoint=<file> exports another one" if err.others else ""
+        raise StageError(f"export: {err}{hint}") from None
+    except (OSError, ValueError) as err:
+        raise StageError(f"export: {err}") from None
     run_cfg = loaded.config
     target_norm = checkpoint_target_norm(loaded)
     store = ctx.store()

@@ -6,14 +6,21 @@ in DataLoader workers while the teacher runs batched in the main process. Shards
 manifest, written under temporary names and committed when complete, so a killed run resumes where it
 stopped and produces the same store. With several ranks (torchrun / SLURM) each writes its own shards and rank
 0 merges the index.
+
+Nothing goes silently wrong: a missing audio root stops the stage before any work; every clip that cannot be
+used is recorded in ``failures.rank<r>.jsonl`` with its reason (a clip whose audio or teacher output holds
+NaN/inf is left out whole); and when more than ``precompute.max_failure_rate`` of the clips fail (policy skips
+such as silent clips excluded, see :mod:`ssondo_train.store.failures`) the stage stops with an error that
+names the common reasons, instead of finishing with a store that lacks part of the corpus.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,13 @@ from ssondo_train.stages.base import Stage, StageContext, StageError
 log = logging.getLogger(__name__)
 
 STUDENT_SAMPLE_RATE = 32000
+# The failure rate is checked while the job runs only after this many clips (fewer are too noisy: one bad
+# file in 20 is already 5 %); it is always checked over all clips at the end.
+EARLY_CHECK_MIN_CLIPS = 100
+# Failure reasons precompute adds to those of ssondo_train.audio (decode_error, silent, too_short, ...).
+MISSING_FILE = "missing_file"
+AUDIO_NON_FINITE = "audio_non_finite"
+TEACHER_NON_FINITE = "teacher_non_finite"
 
 
 @dataclass
@@ -94,6 +108,10 @@ class _ClipDataset:
                     out.student = _pad_rows(out.student, len(tw))
         except AudioError as err:
             out.error, out.reason = str(err), err.reason
+            if err.reason == "decode_error" and not Path(path).exists():
+                out.error, out.reason = "file not found", MISSING_FILE
+            elif err.reason == "non_finite":
+                out.error, out.reason = "audio contains NaN or Inf samples", AUDIO_NON_FINITE
         except Exception as err:  # a broken file must never stop a long job
             out.error, out.reason = f"{type(err).__name__}: {err}", "unexpected_error"
         return out
@@ -109,6 +127,115 @@ def _collate_one(items: list[ClipWindows]) -> ClipWindows:
     return items[0]
 
 
+@dataclass
+class _OpenClip:
+    """A decoded clip whose windows are being embedded (they may span several teacher batches)."""
+
+    item: ClipWindows
+    embeddings: list[Any]  # one (D,) float32 array per window once embedded, else None
+    pending: int
+
+
+def non_finite_windows(embeddings: Any, store_dtype: str = "float32") -> list[int]:
+    """Indices of the windows whose embedding is not finite, as stored: NaN/inf, or beyond ``store_dtype``'s
+    range (a float16 store turns values above 65504 into inf).
+
+    Args:
+        embeddings: ``(W, D)`` float array of one clip.
+        store_dtype: the store's dtype (``store.dtype``).
+    """
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = np.asarray(embeddings, dtype=np.float32).astype(store_dtype)
+    return [int(w) for w in np.flatnonzero(~np.isfinite(stored).all(axis=1))]
+
+
+def _failure_rate_error(
+    tally: Any,
+    *,
+    total: int,
+    early: bool,
+    failures_where: str,
+    store_root: Path,
+    committed_failures: int,
+    rank: int | None = None,
+) -> StageError:
+    """The error that stops precompute when ``tally`` is over ``precompute.max_failure_rate``."""
+    from ssondo_train.store.failures import common_reasons
+
+    who = "precompute" if rank is None else f"precompute (rank {rank})"
+    if early:
+        head = f"{who} stopped after {tally.attempted} of {total} clips: {tally.failed} of them failed"
+    else:
+        head = f"{who} stopped: {tally.failed} of {total} clips failed"
+    reasons = "; ".join(
+        f"{rc.reason} x{rc.count} (e.g. {rc.example.path}: {_short_error(rc.example)})"
+        for rc in common_reasons(tally.failures)
+    )
+    # A threshold that would have let this run through, rounded up to a whole percent.
+    allow = min(1.0, (math.floor(tally.rate * 100) + 1) / 100)
+    kept = (
+        f" ({committed_failures} failed clip(s) are in shards already written, which a rerun keeps: after "
+        f"fixing their audio, delete {store_root} to redo them)"
+        if committed_failures
+        else ""
+    )
+    return StageError(
+        f"{head} ({tally.rate:.1%}), more than precompute.max_failure_rate={tally.max_rate:g} "
+        f"({tally.max_rate:.1%}). Most common: {reasons}. All failures are listed in {failures_where}. "
+        f"Fix the audio and rerun{kept}, or accept these failures with "
+        f"precompute.max_failure_rate={allow:g} (1.0 turns the check off)"
+    )
+
+
+def _short_error(record: Any, limit: int = 160) -> str:
+    """A failure's error for a message: its path (already shown) replaced, cut to ``limit`` characters."""
+    text = record.error.replace(record.path, "the file") if record.path else record.error
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _import_origin(ctx: StageContext) -> str | None:
+    """Where the prepare stage imported this run's corpus from (its recorded data.root / audio_dir)."""
+    done = ctx.layout.read_done("prepare") or {}
+    data = (done.get("config") or {}).get("data") or {}
+    origin = data.get("root") or data.get("audio_dir")
+    return str(origin) if origin else None
+
+
+def _read_corpus(ctx: StageContext, cfg: Any) -> tuple[Any, Path, Sequence[Any]]:
+    """The corpus manifest, its path and the clips to process, after checking that their audio is there.
+
+    Raises:
+        StageError: the manifest is missing or malformed, it has no clips, or its audio root is missing
+            (the message names the root, where the corpus came from and how to fix it).
+    """
+    from ssondo_train.data.manifest import AudioRootError, ManifestError, check_audio_root, read_manifest
+
+    manifest_path = Path(cfg.manifest) if cfg.manifest else ctx.layout.corpus_manifest()
+    if not cfg.manifest:
+        ctx.require_done("prepare")
+    if not manifest_path.is_file():
+        raise StageError(
+            f"corpus manifest {manifest_path.resolve()} not found; set precompute.manifest=<corpus.csv> "
+            "(null = this run's prepare output)"
+        )
+    try:
+        manifest = read_manifest(manifest_path)
+    except ManifestError as err:
+        raise StageError(str(err)) from None
+    clips = list(manifest)
+    if cfg.max_clips:
+        clips = clips[: int(cfg.max_clips)]
+    if not clips:
+        raise StageError(f"manifest {manifest_path} has no clips")
+    try:
+        check_audio_root(manifest, manifest_path, clips, origin=None if cfg.manifest else _import_origin(ctx))
+    except AudioRootError as err:
+        raise StageError(str(err)) from None
+    return manifest, manifest_path, clips
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -118,13 +245,19 @@ def _device(name: str) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    """Embed the corpus with the teacher into ``<run>/precompute/store``; return the ``done.json`` figures.
+
+    Raises:
+        StageError: the manifest or its audio root is missing, the window does not fit the sample rates,
+            more than ``precompute.max_failure_rate`` of the clips failed (while running, after
+            :data:`EARLY_CHECK_MIN_CLIPS` clips, and over all clips at the end), or a rank did not finish.
+    """
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from ssondo_train.config.groups import TeacherConfig
     from ssondo_train.config.schema import to_schema
-    from ssondo_train.data.manifest import read_manifest
     from ssondo_train.data.splits import assign_split
     from ssondo_train.runs import variants as rv
     from ssondo_train.store import (
@@ -136,6 +269,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         open_store,
         read_failures,
     )
+    from ssondo_train.store.failures import (
+        DEFAULT_MAX_FAILURE_RATE,
+        FailureRecord,
+        FailureTally,
+        counts_as_failure,
+    )
     from ssondo_train.teachers import build_teacher
     from ssondo_train.utils.dist import dist_info
     from ssondo_train.utils.io import atomic_write_json
@@ -143,15 +282,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.precompute
     scfg = ctx.cfg.store
     dist = dist_info()
-    manifest_path = Path(cfg.manifest) if cfg.manifest else ctx.layout.corpus_manifest()
-    if not cfg.manifest:
-        ctx.require_done("prepare")
-    manifest = read_manifest(manifest_path)
-    clips = list(manifest)
-    if cfg.max_clips:
-        clips = clips[: int(cfg.max_clips)]
-    if not clips:
-        raise StageError(f"manifest {manifest_path} has no clips")
+    # Before the teacher is loaded or anything is written: a moved audio root fails here, not clip by clip.
+    manifest, manifest_path, clips = _read_corpus(ctx, cfg)
+    max_rate = float(cfg.get("max_failure_rate", DEFAULT_MAX_FAILURE_RATE))
+    if not 0.0 <= max_rate <= 1.0:
+        raise StageError(
+            f"precompute.max_failure_rate must be in [0, 1] (1.0 turns the check off), got {max_rate}"
+        )
 
     tcfg = to_schema("teacher", ctx.cfg.teacher, TeacherConfig)
     device = _device(cfg.device)
@@ -232,6 +369,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     use_autocast = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
     amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     counters = {"clips": 0, "windows": 0, "failed": 0, "teacher_seconds": 0.0}
+    tally = FailureTally(max_rate)
+    store_dtype = str(scfg.dtype)
+    rank_label = dist.rank if dist.world_size > 1 else None
     bar = tqdm(
         total=len(entries), unit="clip", desc=f"precompute[{dist.rank}]", dynamic_ncols=True, disable=None
     )
@@ -247,22 +387,63 @@ def run(ctx: StageContext) -> dict[str, Any]:
         counters["teacher_seconds"] += time.perf_counter() - t0
         return out.cpu().numpy()
 
+    def record_failure(item: ClipWindows, reason: str, error: str, plan) -> None:
+        counters["failed"] += 1
+        failures.append(item.clip_id, item.path, reason, error)
+        log.warning("skipping %s (%s): %s", item.clip_id, reason, error)
+        tally.add(FailureRecord(item.clip_id, item.path, reason, error))
+        check_rate(plan)
+
+    def check_rate(plan) -> None:
+        if not tally.exceeded(EARLY_CHECK_MIN_CLIPS):
+            return
+        this_shard = set(plan.clip_ids)  # shards before this one are committed, this one is not
+        raise _failure_rate_error(
+            tally,
+            total=len(entries),
+            early=True,
+            failures_where=str(failures.path),
+            store_root=store_root,
+            committed_failures=sum(r.clip_id not in this_shard for r in tally.failures),
+            rank=rank_label,
+        )
+
     def records_for(plan) -> Iterator[WindowRecord]:
-        buf: list[tuple[ClipWindows, int]] = []
+        """The records of ``plan``'s clips in order; a clip is yielded only once all its windows are
+        embedded, so a clip with one non-finite window is left out whole."""
+        buf: list[tuple[_OpenClip, int]] = []
+        open_clips: list[_OpenClip] = []
+
+        def finish_clips() -> Iterator[WindowRecord]:
+            while open_clips and open_clips[0].pending == 0:
+                clip = open_clips.pop(0)
+                item = clip.item
+                emb = np.stack(clip.embeddings)
+                bad = non_finite_windows(emb, store_dtype)
+                if bad:
+                    record_failure(
+                        item,
+                        TEACHER_NON_FINITE,
+                        f"teacher output not finite (NaN/inf, or beyond the {store_dtype} range of the "
+                        f"store) in window(s) {', '.join(map(str, bad[:10]))} of {len(emb)}",
+                        plan,
+                    )
+                    continue
+                counters["clips"] += 1
+                tally.add()
+                for w, vec in enumerate(emb):
+                    audio = item.student[w].numpy() if item.student is not None else None
+                    yield WindowRecord(item.clip_id, w, item.starts[w], item.ends[w], vec, audio=audio)
 
         def flush() -> Iterator[WindowRecord]:
-            if not buf:
-                return
-            emb = embed(torch.stack([item.teacher[w] for item, w in buf]))
-            bad = ~np.isfinite(emb).all(axis=1)
-            for (item, w), vec, is_bad in zip(buf, emb, bad, strict=False):
-                if is_bad:
-                    failures.append(item.clip_id, item.path, "teacher_non_finite", f"window {w}")
-                    continue
-                audio = item.student[w].numpy() if item.student is not None else None
-                yield WindowRecord(item.clip_id, w, item.starts[w], item.ends[w], vec, audio=audio)
-            counters["windows"] += len(buf)
-            buf.clear()
+            if buf:
+                emb = embed(torch.stack([clip.item.teacher[w] for clip, w in buf]))
+                for (clip, w), vec in zip(buf, emb, strict=True):
+                    clip.embeddings[w] = vec
+                    clip.pending -= 1
+                counters["windows"] += len(buf)
+                buf.clear()
+            yield from finish_clips()
 
         for expected in plan.clip_ids:
             item = next(clip_iter)
@@ -270,13 +451,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 raise StageError(f"internal ordering error: got {item.clip_id}, expected {expected}")
             bar.update(1)
             if item.error is not None:
-                counters["failed"] += 1
-                failures.append(item.clip_id, item.path, item.reason or "error", item.error)
-                log.warning("skipping %s (%s): %s", item.clip_id, item.reason, item.error)
+                record_failure(item, item.reason or "error", item.error, plan)
                 continue
-            counters["clips"] += 1
-            for w in range(item.teacher.shape[0]):
-                buf.append((item, w))
+            n_windows = int(item.teacher.shape[0])
+            clip = _OpenClip(item, [None] * n_windows, n_windows)
+            open_clips.append(clip)
+            for w in range(n_windows):
+                buf.append((clip, w))
                 if len(buf) >= batch_size:
                     yield from flush()
             elapsed = max(time.perf_counter() - started, 1e-9)
@@ -286,6 +467,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 refresh=False,
             )
         yield from flush()
+        if open_clips:
+            raise StageError(f"internal error: {len(open_clips)} clip(s) of {plan.name} left unembedded")
 
     try:
         for plan in pending:
@@ -310,12 +493,32 @@ def run(ctx: StageContext) -> dict[str, Any]:
         time.sleep(2.0)
     index = merge_indexes(store_root)
     store = open_store(store_root)
+    stored_clips = set(store.clip_ids())
+    # Records of every rank and every (resumed) run; a clip that failed once and is stored now is no failure.
+    selected = set(clip_ids)
+    failed = [
+        r
+        for r in read_failures(ctx.layout.failures_files())
+        if r.clip_id in selected and r.clip_id not in stored_clips
+    ]
+    final = FailureTally(
+        max_rate, attempted=len(clips), failures=[r for r in failed if counts_as_failure(r.reason)]
+    )
+    final.skipped = len(failed) - final.failed
+    if final.exceeded():
+        files = ctx.layout.failures_files()
+        raise _failure_rate_error(
+            final,
+            total=len(clips),
+            early=False,
+            failures_where=str(files[0]) if len(files) == 1 else str(ctx.out_dir / "failures.rank*.jsonl"),
+            store_root=store_root,
+            committed_failures=final.failed,
+        )
     stats = store.compute_stats()
-    failed = read_failures(ctx.layout.failures_files())
     reasons: dict[str, int] = {}
     for rec in failed:
         reasons[rec.reason] = reasons.get(rec.reason, 0) + 1
-    stored_clips = set(store.clip_ids())
     splits = {
         cid: assign_split(cid, by_id[cid].split, float(cfg.valid_fraction), int(cfg.split_seed))
         for cid in clip_ids
@@ -336,7 +539,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     size = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
     summary = (
         f"precompute: {len(stored_clips)} clips, {len(store)} windows of {teacher.embed_dim}-d "
-        f"{tmeta['name']} embeddings in {store_root} ({size / 1e6:.1f} MB); {len(failed)} clips skipped"
+        f"{tmeta['name']} embeddings in {store_root} ({size / 1e6:.1f} MB); failed clips: {final.failed} "
+        f"({final.rate:.1%}, limit precompute.max_failure_rate={max_rate:g}), skipped by policy (silent or "
+        f"too short): {final.skipped}"
     )
     return {
         "summary": summary,
@@ -357,6 +562,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "windows": len(store),
             "failed_clips": len(failed),
             "failures_by_reason": reasons,
+            "failure_rate": round(final.rate, 6),
+            "policy_skipped_clips": final.skipped,
             "train_clips": sum(1 for s in splits.values() if s == "train"),
             "valid_clips": sum(1 for s in splits.values() if s == "valid"),
         },
@@ -376,5 +583,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 STAGE = Stage(
     name="precompute",
     run=run,
+    resumes=True,
     description="run the teacher over the corpus; write sharded per-window embeddings (+ student audio)",
 )

@@ -13,19 +13,26 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ssondo_train.data.demo_corpus import DemoConfig, build_demo, summarize
-from ssondo_train.data.importers import import_corpus
-from ssondo_train.stages.base import Stage, StageContext
+from ssondo_train.data.importers import CorpusImportError, import_corpus
+from ssondo_train.stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Build the demo corpus (``data.kind=demo``) or import a corpus (``folder``, ``audioset``) into
-    ``ctx.out_dir``; return the summary that lands in ``done.json``."""
+    ``ctx.out_dir``; return the summary that lands in ``done.json``.
+
+    Raises:
+        StageError: the import is misconfigured or finds no audio (a missing ``data.root`` is named).
+    """
     data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
     assert isinstance(data, dict)
     if data.get("kind", "demo") != "demo":
-        summary = import_corpus(data, ctx.out_dir)
+        try:
+            summary = import_corpus(data, ctx.out_dir)
+        except CorpusImportError as err:
+            raise StageError(str(err)) from None
         log.info("prepare: imported %s corpus: %s", data["kind"], summary["corpus"])
         return summary
     cfg = DemoConfig.from_mapping(data)

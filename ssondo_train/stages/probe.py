@@ -312,6 +312,7 @@ def build_embedders(
     from ssondo_train.config.groups import TeacherConfig
     from ssondo_train.config.schema import to_schema
     from ssondo_train.probe import models as pm
+    from ssondo_train.training.checkpoint import DivergedCheckpointError
 
     variants = list(variants or [])
     multi = len(variants) > 1
@@ -365,7 +366,13 @@ def build_embedders(
                     ckpt = ctx.layout.checkpoint(v, pcfg.checkpoint)
                 except LayoutError as err:
                     raise StageError(f"{err} (probe.checkpoint={pcfg.checkpoint})") from None
-                embedders[label] = pm.checkpoint_embedder(ckpt, output, default_window)
+                try:
+                    embedders[label] = pm.checkpoint_embedder(ckpt, output, default_window)
+                except DivergedCheckpointError as err:
+                    hint = "; probe.checkpoint=<file> probes another one" if err.others else ""
+                    raise StageError(f"probe model {label!r}: {err}{hint}") from None
+                except (OSError, ValueError) as err:
+                    raise StageError(f"probe model {label!r}: {err}") from None
                 done = ctx.layout.read_done("distill", v) or {}
                 spec_of[label] = s.spec
                 info[label] = {

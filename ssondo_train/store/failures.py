@@ -1,14 +1,29 @@
-"""Append-only JSONL log of clips that could not be processed (decode errors, too short, teacher failure)."""
+"""Append-only JSONL log of clips that could not be processed (decode errors, too short, teacher failure),
+and the failure-rate tally a job checks against its ``max_failure_rate``.
+
+Two kinds of records share the log. *Failures* mean something is broken: the file is missing or does not
+decode, the audio or the teacher's output holds NaN/inf, an unexpected exception. *Policy skips*
+(:data:`POLICY_SKIP_REASONS`: digital silence, shorter than the configured minimum) are clips left out on
+purpose; they are recorded too, but do not count towards the failure rate, because a corpus may legitimately
+hold some.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# Reasons of clips left out by a configured policy (see the module docstring): recorded, never counted.
+POLICY_SKIP_REASONS = frozenset({"silent", "too_short"})
+# Default of ``precompute.max_failure_rate``: a job stops when more than this fraction of its clips fail.
+DEFAULT_MAX_FAILURE_RATE = 0.05
 
 
 @dataclass(frozen=True)
@@ -91,3 +106,77 @@ def read_failures(paths: list[str | Path]) -> list[FailureRecord]:
                     continue
                 out[rec.clip_id] = rec  # dict keeps the first position, value = last record
     return list(out.values())
+
+
+def counts_as_failure(reason: str) -> bool:
+    """Whether a record with ``reason`` counts towards the failure rate (policy skips do not)."""
+    return reason not in POLICY_SKIP_REASONS
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    """One failure reason, how many clips it hit and the first of them (for messages)."""
+
+    reason: str
+    count: int
+    example: FailureRecord
+
+
+def common_reasons(records: Iterable[FailureRecord], top: int = 3) -> list[ReasonCount]:
+    """The ``top`` most frequent reasons of ``records`` (ties: alphabetical), each with its first record."""
+    records = list(records)
+    counts = Counter(r.reason for r in records)
+    first: dict[str, FailureRecord] = {}
+    for r in records:
+        first.setdefault(r.reason, r)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [ReasonCount(reason, n, first[reason]) for reason, n in ranked]
+
+
+@dataclass
+class FailureTally:
+    """Running count of attempted clips and of failures among them (policy skips excluded).
+
+    Attributes:
+        max_rate: the largest acceptable fraction of failed clips; 1.0 disables the check.
+        attempted: clips tried so far (stored, failed or skipped by policy).
+        failures: the counted failure records, in order.
+        skipped: clips left out by policy.
+
+    Raises:
+        ValueError: on construction, when ``max_rate`` is outside [0, 1].
+    """
+
+    max_rate: float
+    attempted: int = 0
+    failures: list[FailureRecord] = field(default_factory=list)
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_rate <= 1.0:
+            raise ValueError(
+                f"max_failure_rate must be in [0, 1] (1.0 turns the check off), got {self.max_rate}"
+            )
+
+    def add(self, record: FailureRecord | None = None) -> None:
+        """Count one attempted clip: ``None`` for a clip that succeeded, else its failure record."""
+        self.attempted += 1
+        if record is None:
+            return
+        if counts_as_failure(record.reason):
+            self.failures.append(record)
+        else:
+            self.skipped += 1
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def rate(self) -> float:
+        """Failed / attempted (0 before the first clip)."""
+        return self.failed / self.attempted if self.attempted else 0.0
+
+    def exceeded(self, min_attempted: int = 1) -> bool:
+        """True when at least ``min_attempted`` clips were tried and the rate is above ``max_rate``."""
+        return self.max_rate < 1.0 and self.attempted >= max(1, min_attempted) and self.rate > self.max_rate

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import mmap
 import os
@@ -43,12 +42,13 @@ from ssondo_train.store.format import (
     StoreIncompleteError,
     decode_audio,
 )
-from ssondo_train.store.fsutil import atomic_write_bytes, read_json
-from ssondo_train.store.index import verify_parts
+from ssondo_train.store.fsutil import atomic_write_bytes
+from ssondo_train.store.index import VERIFIED_FILE, read_store_json, verify_parts
 
 log = logging.getLogger(__name__)
 
-_VERIFY = ("none", "size", "md5")
+VERIFY_MODES = ("none", "size", "md5", "cached")
+_SHOWN_KEYS = 5  # non-finite windows named in an error message
 _TAR_BLOCK = 512
 
 
@@ -142,16 +142,16 @@ class EmbeddingStore:
     """
 
     def __init__(self, root: str | Path, verify: str = "size", cache_dir: str | Path | None = None) -> None:
-        if verify not in _VERIFY:
-            raise ValueError(f"verify must be one of {_VERIFY}, got {verify!r}")
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         self.root = Path(root)
         for name in (META_FILE, INDEX_FILE):
             if not (self.root / name).exists():
                 hint = " (run merge_indexes(root) after all writers finished)" if name == INDEX_FILE else ""
                 raise StoreError(f"{self.root} is not a store: {name} is missing{hint}")
-        self.meta: dict[str, Any] = read_json(self.root / META_FILE)
+        self.meta: dict[str, Any] = read_store_json(self.root / META_FILE)
         index_bytes = (self.root / INDEX_FILE).read_bytes()
-        self.index: dict[str, Any] = json.loads(index_bytes)
+        self.index: dict[str, Any] = read_store_json(self.root / INDEX_FILE, index_bytes)
         self.index_sha256 = hashlib.sha256(index_bytes).hexdigest()
         for d in (self.meta, self.index):
             if d.get("format") != FORMAT_NAME:
@@ -182,7 +182,8 @@ class EmbeddingStore:
         )
         self._cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".cache"
         if verify != "none":
-            verify_parts(self.root, self.index, md5=verify == "md5")
+            record = self._cache_dir / VERIFIED_FILE if verify == "cached" else None
+            verify_parts(self.root, self.index, md5=verify in ("md5", "cached"), record=record)
         self._table: _Table | None = None
         self._key_pos: dict[tuple[str, int], int] | None = None
         self._pid = os.getpid()
@@ -406,6 +407,11 @@ class EmbeddingStore:
     # ------------------------------------------------------------------ bulk reads
     def iter_part_embeddings(self) -> Iterator[np.ndarray]:
         """Yield each part's embeddings, in order, as (n_part, D) arrays in the store dtype."""
+        for _, block in self._iter_parts():
+            yield block
+
+    def _iter_parts(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(part number, (n_part, D) embeddings)`` of every non-empty part, in order."""
         for k, p in enumerate(self.parts):
             if p["samples"] == 0:
                 continue
@@ -414,7 +420,7 @@ class EmbeddingStore:
 
                 # A short-lived handle: bulk reads often run in the parent before DataLoader workers fork.
                 with h5py.File(self.root / p["name"], "r") as f:
-                    yield f["embedding"][:]
+                    yield k, f["embedding"][:]
                 continue
             t = self.table
             lo, hi = self.part_starts[k], self.part_starts[k + 1]
@@ -426,12 +432,15 @@ class EmbeddingStore:
                 assert t.emb_off is not None
                 for j, off in enumerate(t.emb_off[lo:hi].tolist()):
                     out[j] = np.frombuffer(mm, dtype=self.np_dtype, count=self.dim, offset=off)
-            yield out
+            yield k, out
 
     def read_all_embeddings(
         self, dtype: type[np.floating] | str = np.float32
     ) -> tuple[list[tuple[str, int]], np.ndarray]:
-        """All embeddings in global index order -> ``(keys, (N, D) array of dtype)`` (e.g. for k-means)."""
+        """All embeddings in global index order -> ``(keys, (N, D) array of dtype)`` (e.g. for k-means).
+
+        Values are returned as stored; :meth:`check_finite` refuses NaN/inf.
+        """
         out = np.empty((len(self), self.dim), dtype=dtype)
         pos = 0
         for block in self.iter_part_embeddings():
@@ -441,22 +450,77 @@ class EmbeddingStore:
             raise StoreCorruptError(f"read {pos} embeddings, index says {len(self)}")
         return self.keys(), out
 
+    def check_finite(self, embeddings: np.ndarray | None = None) -> None:
+        """Refuse a store with NaN/inf embedding values.
+
+        Args:
+            embeddings: all embeddings in global index order, ``(N, D)`` (as from :meth:`read_all_embeddings`,
+                so a caller that holds them pays one pass); ``None`` reads the parts.
+
+        Raises:
+            StoreCorruptError: naming the number of non-finite windows and the first few ``(clip_id, window)``
+                with their part files.
+            ValueError: ``embeddings`` is not ``(N, D)`` for this store.
+        """
+        if embeddings is not None:
+            if embeddings.shape != (len(self), self.dim):
+                raise ValueError(f"embeddings of shape {embeddings.shape} != ({len(self)}, {self.dim})")
+            bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+        else:
+            found = [
+                self.part_starts[k] + np.flatnonzero(~np.isfinite(block).all(axis=1))
+                for k, block in self._iter_parts()
+            ]
+            bad = np.concatenate(found) if found else np.zeros(0, np.int64)
+        if bad.size:
+            raise self._non_finite_error(bad)
+
+    def _non_finite_error(self, bad: np.ndarray) -> StoreCorruptError:
+        """The error for the windows ``bad`` (global indices, sorted) whose embeddings hold NaN/inf."""
+        t = self.table
+        shown = ", ".join(
+            f"({self.key(int(i))[0]!r}, {self.key(int(i))[1]}) in {self.parts[int(t.part_of[i])]['name']}"
+            for i in bad[:_SHOWN_KEYS]
+        )
+        more = f" and {bad.size - _SHOWN_KEYS} more" if bad.size > _SHOWN_KEYS else ""
+        return StoreCorruptError(
+            f"store {self.root} holds {bad.size} window(s) with NaN/inf embedding values: {shown}{more}; "
+            "delete those part files and rerun stage=precompute force=true (shards with a missing part are "
+            "rewritten; clips whose teacher output is not finite are then recorded as failures)"
+        )
+
     def compute_stats(self, cache: bool = True) -> StoreStats:
         """Per-dimension mean/std over all windows (float64, parts merged with Chan's formula).
 
         Cached in ``stats.npz`` (keyed by the index hash, so a rebuilt store recomputes); a read-only store
         just skips the cache write.
+
+        Returns:
+            ``StoreStats`` with ``mean``, ``std`` ``(D,)`` float64 and the window count.
+
+        Raises:
+            StoreCorruptError: an embedding holds NaN/inf (names the windows and their parts).
+            StoreError: the store holds no windows.
         """
         path = self.root / STATS_FILE
         if cache and path.exists():
             with np.load(path, allow_pickle=False) as z:
-                if str(z["index_sha256"]) == self.index_sha256:
+                if (
+                    str(z["index_sha256"]) == self.index_sha256
+                    and np.isfinite(z["mean"]).all()
+                    and np.isfinite(z["std"]).all()
+                ):
                     return StoreStats(mean=z["mean"], std=z["std"], count=int(z["count"]))
         n = 0
         mean = np.zeros(self.dim, dtype=np.float64)
         m2 = np.zeros(self.dim, dtype=np.float64)
-        for block in self.iter_part_embeddings():
+        bad: list[np.ndarray] = []
+        for k, block in self._iter_parts():
             x = block.astype(np.float64)
+            rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+            if rows.size:
+                bad.append(self.part_starts[k] + rows)
+                continue
             nb = x.shape[0]
             mb = x.mean(axis=0)
             m2b = ((x - mb) ** 2).sum(axis=0)
@@ -465,6 +529,8 @@ class EmbeddingStore:
             mean = mean + delta * (nb / tot)
             m2 = m2 + m2b + delta**2 * (n * nb / tot)
             n = tot
+        if bad:
+            raise self._non_finite_error(np.concatenate(bad))
         if n == 0:
             raise StoreError(f"{self.root} holds no windows: no statistics")
         stats = StoreStats(mean=mean, std=np.sqrt(m2 / n), count=n)
@@ -508,14 +574,17 @@ def open_store(
 
     Args:
         root: store folder (with ``meta.json`` and ``index.json``).
-        verify: ``"none"``, ``"size"`` (default: every part exists with its indexed size) or ``"md5"`` (also
-            hash every part; reads the whole store).
-        cache_dir: where the wds offset table is cached (default ``<root>/.cache``).
+        verify: how the parts are checked against ``index.json``: ``"none"``; ``"size"`` (default: every part
+            exists with its indexed size; a changed byte passes); ``"md5"`` (also hash every part: reads the
+            whole store on every open); ``"cached"`` (hash a part once and record it in
+            ``<cache_dir>/verified.json``; later opens hash only parts whose size, mtime or inode changed).
+        cache_dir: where the wds offset table and the verification record live (default ``<root>/.cache``).
         require_complete: raise if the index was built with missing shards (``allow_missing=True``).
 
     Raises:
-        StoreError: not a store / unsupported version. StoreCorruptError: a part fails verification.
-        StoreIncompleteError: missing shards and ``require_complete``.
+        StoreError: not a store / unsupported version. StoreCorruptError: ``meta.json``/``index.json`` is not
+            valid JSON, or a part fails verification (the message names it and how to repair it).
+        StoreIncompleteError: missing shards and ``require_complete``. ValueError: unknown ``verify``.
     """
     store = EmbeddingStore(root, verify=verify, cache_dir=cache_dir)
     if require_complete and not store.index["complete"]:

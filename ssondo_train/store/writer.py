@@ -224,19 +224,20 @@ class StoreWriter:
             raise ValueError(f"{rec.clip_id}/w{rec.window}: embedding shape {emb.shape} != ({self.dim},)")
         with np.errstate(over="ignore"):  # overflow to inf in float16 is reported just below
             emb = emb.astype(self.np_dtype)
-        if not np.isfinite(emb).all():
-            raise ValueError(f"{rec.clip_id}/w{rec.window}: embedding has NaN/inf after cast to {self.dtype}")
+        self._refuse_non_finite(rec, "embedding", emb)
         layers = None
         if self.num_layers is not None:
             if rec.layers is None:
                 raise ValueError(f"{rec.clip_id}/w{rec.window}: store has layers but record has none")
             layers = np.asarray(rec.layers).reshape(-1, self.dim) if np.ndim(rec.layers) == 3 else rec.layers
-            layers = np.asarray(layers).astype(self.np_dtype)
+            with np.errstate(over="ignore"):
+                layers = np.asarray(layers).astype(self.np_dtype)
             if layers.shape != (self.num_layers, self.dim):
                 raise ValueError(
                     f"{rec.clip_id}/w{rec.window}: layers shape {layers.shape} != "
                     f"({self.num_layers}, {self.dim})"
                 )
+            self._refuse_non_finite(rec, "layers", layers)
         elif rec.layers is not None:
             raise ValueError("record has layers but the writer was created with num_layers=None")
         audio = None
@@ -249,6 +250,19 @@ class StoreWriter:
         if not rec.end > rec.start:
             raise ValueError(f"{rec.clip_id}/w{rec.window}: need end > start, got {rec.start}, {rec.end}")
         return emb, layers, audio
+
+    def _refuse_non_finite(self, rec: WindowRecord, what: str, values: np.ndarray) -> None:
+        """The last line of defence: a NaN/inf in the store would poison statistics and k-means later.
+
+        Raises:
+            ValueError: naming the window's key; the caller should record the clip as a failure instead.
+        """
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"clip {rec.clip_id!r} window {rec.window}: {what} has {bad} NaN/inf value(s) after the cast "
+                f"to {self.dtype}; the store refuses non-finite values: record the clip as a failure instead"
+            )
 
     def _open_part(self, plan: ShardPlan, part: int):
         final = self.root / part_name(self.prefix, plan.shard, part, self.ext)

@@ -10,7 +10,8 @@ across ranks. When the run trains a label head, each window also carries its cli
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +127,12 @@ class WindowDataset(Dataset):
         if audio.shape[0] < n:
             audio = np.pad(audio, (0, n - audio.shape[0]))
         target = self.store.get_embeddings([int(i)])[0].astype(np.float32)
+        if not np.isfinite(target).all():
+            clip_id, window = self.store.key(int(i))
+            raise ValueError(
+                f"teacher store window {int(i)} (clip {clip_id}, window {window}) holds NaN/inf values: the "
+                "store is corrupt; rebuild it with stage=precompute force=true"
+            )
         item = {
             "audio": torch.from_numpy(np.ascontiguousarray(audio[:n])),
             "target": torch.from_numpy(target),
@@ -138,20 +145,53 @@ class WindowDataset(Dataset):
 
 
 class _IndexMap(torch.utils.data.Sampler[int]):
-    """Maps sampler positions (into a subset) to global window indices."""
+    """Maps sampler positions (into a subset) to global window indices, resuming where training stopped.
 
-    def __init__(self, inner: EpochSampler, subset: np.ndarray) -> None:
+    Args:
+        inner: the epoch sampler over the subset.
+        subset: (n,) global window index of each subset position.
+        batch_size: windows per training batch.
+        position: ``() -> batches trained so far`` (all epochs, this rank), read when an epoch's iteration
+            starts. The epoch and the first window follow from it, so an epoch resumed from a mid-epoch
+            checkpoint continues the same stream after the batches it already trained, and the first epoch
+            after a resume draws its own stream whatever the loader prefetched before Lightning's
+            ``set_epoch``. None: the epoch given by :meth:`set_epoch`, from its start.
+    """
+
+    def __init__(
+        self,
+        inner: EpochSampler,
+        subset: np.ndarray,
+        batch_size: int = 1,
+        position: Callable[[], int] | None = None,
+    ) -> None:
         self.inner = inner
         self.subset = subset
+        self.batch_size = int(batch_size)
+        self.position = position
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.inner) / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
+        if self.position is None:
+            self.inner.set_epoch(epoch)
+
+    def start(self) -> tuple[int, int]:
+        """``(epoch, first batch)`` the next iteration starts at."""
+        if self.position is None:
+            return self.inner.epoch, 0
+        return divmod(int(self.position()), self.batches_per_epoch)
 
     def __iter__(self):
-        for pos in self.inner:
+        epoch, batch = self.start()
+        self.inner.set_epoch(epoch)
+        for pos in self.inner.indices()[batch * self.batch_size :]:
             yield int(self.subset[pos])
 
     def __len__(self) -> int:
+        # The full epoch: Lightning counts the batches a resumed epoch already trained.
         return len(self.inner)
 
 
@@ -232,7 +272,13 @@ class DistillDataModule(L.LightningDataModule):
         inner = EpochSampler(
             self.train_weights(), self.num_samples, seed=self.seed, rank=rank, world_size=world
         )
-        return self._loader(_IndexMap(inner, self.data.train_idx))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        position = (
+            (lambda: module.batches_trained)
+            if module is not None and hasattr(module, "batches_trained")
+            else None
+        )
+        return self._loader(_IndexMap(inner, self.data.train_idx, self.batch_size, position))
 
     def val_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0

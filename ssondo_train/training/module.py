@@ -32,6 +32,7 @@ from ssondo_train.training.schedule import WarmupRampdown
 log = logging.getLogger(__name__)
 
 TARGET_NORMS = ("none", "center", "zscore")
+TRAINING_STATE_KEY = "ssondo_train_state"
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,28 @@ def macro_average_precision(scores: np.ndarray, labels: np.ndarray) -> tuple[flo
     return float(np.mean(aps)), int(positive.sum())
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient (policy ``stop``, or too many skipped batches)."""
+
+
+@dataclass(frozen=True)
+class NonFinitePolicy:
+    """What a non-finite loss or gradient norm does.
+
+    Attributes:
+        action: ``stop`` raises :class:`NonFiniteError` naming the step; ``skip`` drops the batch's update
+            (counted, logged as ``train/nonfinite_skipped``) and goes on.
+        max_skips: with ``skip``, stop anyway once more batches than this were dropped in the run.
+    """
+
+    action: str = "stop"
+    max_skips: int = 100
+
+    def __post_init__(self) -> None:
+        if self.action not in ("stop", "skip"):
+            raise ValueError(f"distill.on_nonfinite={self.action!r}; choose stop or skip")
+
+
 SCALE_FREE_LOSSES = ("cosine", "clap", "contrastive", "cluster_aware", "neg_clusters", "hybrid")
 
 
@@ -154,6 +177,7 @@ class DistillModule(L.LightningModule):
         ema_decay: keep ``student_ema``, an exponential moving average of the student (``training.ema``);
             validation and BatchNorm recalibration then use it, and checkpoint readers prefer its
             ``student_ema.*`` weights over the trained ``student.*`` ones. None disables it.
+        nonfinite: what a NaN/inf loss or gradient does (:class:`NonFinitePolicy`; default: stop).
     """
 
     def __init__(
@@ -173,6 +197,7 @@ class DistillModule(L.LightningModule):
         label_task: LabelTask | None = None,
         channels_last: bool = False,
         ema_decay: float | None = None,
+        nonfinite: NonFinitePolicy | None = None,
     ) -> None:
         super().__init__()
         self.channels_last = bool(channels_last)
@@ -217,6 +242,12 @@ class DistillModule(L.LightningModule):
         self._val_scores: list[Tensor] = []
         self._val_labels: list[Tensor] = []
         self._tick: float | None = None
+        self.nonfinite = nonfinite or NonFinitePolicy()
+        # Training batches started so far over all epochs (this rank); checkpointed, it places the sampler
+        # of a resumed run on the same window as the uninterrupted run (training.data._IndexMap).
+        self.batches_trained = 0
+        self.nonfinite_skipped = 0
+        self._epoch_sums: dict[str, tuple[float, int]] = {}
 
     @property
     def uses_kd(self) -> bool:
@@ -304,13 +335,16 @@ class DistillModule(L.LightningModule):
         )
         loss = out.total
         bsz = logmel.shape[0]
-        if out.kd is not None:
-            self.log("train/kd_loss", out.kd, on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
-        if out.label is not None:
-            self.log(
-                "train/label_loss", out.label, on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz
-            )
-        self.log("train/total_loss", loss, on_step=True, on_epoch=True, batch_size=bsz)
+        if not self._all_finite(loss.detach()):
+            return self._nonfinite("loss", float(loss.detach()), batch_idx, batch)
+        for name, value, bar in (
+            ("kd_loss", out.kd, True),
+            ("label_loss", out.label, True),
+            ("total_loss", loss, False),
+        ):
+            if value is not None:
+                self.log(f"train/{name}_step", value, on_step=True, prog_bar=bar, batch_size=bsz)
+                self._accumulate(f"train/{name}_epoch", value, bsz)
         self.log(
             "lr",
             self.trainer.optimizers[0].param_groups[0]["lr"],
@@ -330,21 +364,74 @@ class DistillModule(L.LightningModule):
         self._tick = now
         return loss
 
+    def _accumulate(self, name: str, value: Tensor, weight: int) -> None:
+        """Add a batch's value to the epoch's weighted mean (kept in checkpoints, unlike Lightning's own
+        epoch aggregates, so an epoch resumed mid-way reports the mean over all its batches)."""
+        total, count = self._epoch_sums.get(name, (0.0, 0))
+        self._epoch_sums[name] = (total + float(value.detach()) * weight, count + weight)
+
+    def on_train_epoch_end(self) -> None:
+        for name, (total, count) in sorted(self._epoch_sums.items()):
+            if count:
+                self.log(name, total / count, on_step=False, on_epoch=True, sync_dist=True)
+        self._epoch_sums.clear()
+
+    def _all_finite(self, value: Tensor) -> bool:
+        """True when ``value`` is finite on every rank (all ranks take the same decision)."""
+        bad = (~torch.isfinite(value)).any().float().reshape(1)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        return not bool(bad.item())
+
+    def _nonfinite(self, what: str, value: float, batch_idx: int, batch: dict[str, Tensor] | None) -> None:
+        """Apply the non-finite policy: raise, or count the skipped batch (its update is dropped)."""
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        windows = ""
+        if batch is not None and "index" in batch:
+            windows = f"; its store windows: {' '.join(map(str, batch['index'].tolist()[:16]))}"
+        if self.nonfinite.action == "skip" and self.nonfinite_skipped < self.nonfinite.max_skips:
+            self.nonfinite_skipped += 1
+            log.warning("non-finite %s (%s) at %s: batch skipped%s", what, value, where, windows)
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, reduce_fx="max")
+            return None
+        reason = (
+            f"more than distill.max_nonfinite_skips={self.nonfinite.max_skips} batches were skipped"
+            if self.nonfinite.action == "skip"
+            else "distill.on_nonfinite=stop"
+        )
+        raise NonFiniteError(
+            f"non-finite {what} ({value}) at {where}{windows}; stopped ({reason}). The checkpoints written "
+            "before this step hold finite weights: lower distill.lr, check the store, or set "
+            "distill.on_nonfinite=skip to drop such batches"
+        )
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.batches_trained += 1
         # Dropout draws from torch's global RNG, which checkpoints do not carry and Lightning's loops also
         # consume: reseeding per (step, rank) gives a resumed run the same masks as an uninterrupted one.
         torch.manual_seed((self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2**63 - 1))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
         if self.student_ema is not None:
             assert self.ema_decay is not None  # both are set together in __init__
-            # global_step already counts this batch's update; it is restored on resume, and so is the average.
+            # Here, not in on_train_batch_end: checkpoint callbacks run before that hook, and a checkpoint
+            # taken inside an epoch must hold the average of the same updates as its weights.
+            # global_step already counts this update; it is restored on resume, and so is the average.
             ema_update(self.student_ema, self.student, ema_decay_at(self.ema_decay, self.global_step))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for p in self.trainable_parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm(2), on_step=True, on_epoch=False)
+        params = [p for p in self.trainable_parameters() if p.grad is not None]
+        if not params:
+            return
+        total = torch.stack([p.grad.detach().float().norm(2) for p in params]).norm(2)
+        # Gradients are already reduced over ranks here, so every rank sees the same norm.
+        if not bool(torch.isfinite(total)):
+            self._nonfinite("gradient norm", float(total), self.trainer.fit_loop.epoch_loop.batch_idx, None)
+            for p in params:  # skip: Adam leaves parameters without a gradient untouched
+                p.grad = None
+            return
+        self.log("train/grad_norm", total, on_step=True, on_epoch=False)
 
     def on_validation_epoch_start(self) -> None:
         self._tick = None
@@ -447,3 +534,22 @@ class DistillModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ssondo_train_config"] = self.config
+        # What a resumed run needs besides weights, optimiser and loops: the sampler's position and the
+        # running figures of the current epoch (plain numbers: weights-only loading reads them).
+        checkpoint[TRAINING_STATE_KEY] = {
+            "batches_trained": int(self.batches_trained),
+            "nonfinite_skipped": int(self.nonfinite_skipped),
+            "pred_norm_sum": float(self._pred_norm_sum),
+            "pred_norm_count": int(self._pred_norm_count),
+            "epoch_sums": {k: [float(t), int(c)] for k, (t, c) in self._epoch_sums.items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(TRAINING_STATE_KEY)
+        if state is None:  # a checkpoint written before the sampler position was kept: epoch boundaries only
+            state = {"batches_trained": int(checkpoint.get("global_step", 0))}
+        self.batches_trained = int(state.get("batches_trained", 0))
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        self._pred_norm_sum = float(state.get("pred_norm_sum", 0.0))
+        self._pred_norm_count = int(state.get("pred_norm_count", 0))
+        self._epoch_sums = {k: (float(t), int(c)) for k, (t, c) in state.get("epoch_sums", {}).items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -112,30 +113,109 @@ def test_weight_average_is_checkpointed_and_preferred_by_readers(uninterrupted):
     torch.testing.assert_close(raw.student.state_dict()[name], trained[name], rtol=0, atol=0)
 
 
-def test_killed_run_resumes_to_the_same_weights(prepared, uninterrupted, tmp_path):
-    root = copy_run(prepared, tmp_path)
-    index_log = root / "t" / "distill" / "v" / "indices.rank0.txt"
-    proc = popen(*DISTILL, *store_overrides(root), f"paths.output_root={root}")
+def _kill_when_step_starts(args: list[str], index_log: Path, step: int) -> None:
+    """Start the distill command and SIGKILL it once the index log shows that update ``step`` started."""
+    proc = popen(*args)
     deadline = time.time() + 300
-    # Kill inside the second epoch (after step 5 started), i.e. between two checkpoints.
     while proc.poll() is None and time.time() < deadline:
-        if index_log.exists() and len(index_log.read_text().splitlines()) >= 6:
+        if index_log.exists() and any(
+            line.startswith(f"{step} ") for line in index_log.read_text().splitlines()
+        ):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (root / "t" / "distill" / "v" / "done.json").exists()
-    res = cli(*DISTILL, *store_overrides(root), f"paths.output_root={root}")
+
+
+def _metrics(root: Path) -> list[tuple[str, ...]]:
+    """(epoch, step, losses, val cosine) of every metrics.csv row; timings left out."""
+    import csv
+
+    with open(root / "t" / "distill" / "v" / "logs" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    keys = ("epoch", "step", "train/kd_loss_step", "train/kd_loss_epoch", "val/kd_loss", "val/cosine", "lr")
+    return [tuple(row.get(k, "") for k in keys) for row in rows]
+
+
+def test_killed_run_resumes_to_the_same_weights(prepared, uninterrupted, tmp_path):
+    """Killed twice, at an epoch boundary's checkpoint and inside an epoch, with loader workers (which
+    prefetch before Lightning sets the epoch): every update draws the same windows as the uninterrupted run,
+    the weights end bit-identical, and metrics.csv / done.json keep the whole history."""
+    root = copy_run(prepared, tmp_path)
+    out = root / "t" / "distill" / "v"
+    index_log = out / "indices.rank0.txt"
+    # 4 updates per epoch: checkpoints at every epoch end (4, 8) and every 3 updates (3, 6, 9).
+    args = [*DISTILL, *store_overrides(root), f"paths.output_root={root}", "trainer.num_workers=2"]
+    args += ["distill.checkpoint_every_n_steps=3"]
+    _kill_when_step_starts(args, index_log, 5)  # inside epoch 1: resumes from the epoch-end checkpoint
+    assert not (out / "done.json").exists()
+    _kill_when_step_starts(args, index_log, 10)  # inside epoch 2: resumes from the mid-epoch checkpoint
+    res = cli(*args)
     assert res.returncode == 0, res.stderr[-4000:]
-    done = json.loads((root / "t" / "distill" / "v" / "done.json").read_text())
-    assert done["resumed_from"] == "distill/v/checkpoints/last.ckpt"
+    resumed_at = [
+        int(m)
+        for m in re.findall(r"resuming from \S+ \(after update (\d+)\)", (out / "distill.log").read_text())
+    ]
+    assert len(resumed_at) == 2 and resumed_at[0] % 4 == 0 and resumed_at[1] % 4 != 0, resumed_at
+    done = json.loads((out / "done.json").read_text())
+    assert (
+        done["resumed_from"] == "distill/v/checkpoints/last.ckpt" and done["resumed_at_step"] == resumed_at[1]
+    )
+    # the same windows at every update (replayed updates appear twice in the append-only audit log)
+    reference = {
+        line.split()[0]: line
+        for line in (uninterrupted / "t" / "distill" / "v" / "indices.rank0.txt").read_text().splitlines()
+    }
+    lines = index_log.read_text().splitlines()
+    assert len(lines) > 12 and all(reference[line.split()[0]] == line for line in lines)
     step_a, state_a = final_state(uninterrupted)
     step_b, state_b = final_state(root)
     assert step_a == step_b == 12
     assert state_a.keys() == state_b.keys()
     for key in state_a:
-        torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0, msg=key)
+    # one continuous history, as if never interrupted
+    assert _metrics(root) == _metrics(uninterrupted)
+    reference_done = json.loads((uninterrupted / "t" / "distill" / "v" / "done.json").read_text())
+    assert [r["epoch"] for r in done["history"]] == [0, 1, 2]
+    assert done["history"] == reference_done["history"]
+
+
+def test_unfinished_training_does_not_continue_under_other_settings(prepared, tmp_path):
+    root = copy_run(prepared, tmp_path)
+    out = root / "t" / "distill" / "v"
+    args = [*DISTILL, *store_overrides(root), f"paths.output_root={root}"]
+    _kill_when_step_starts(args, out / "indices.rank0.txt", 5)
+    res = cli(*args, "loss=mse", "distill.lr=3e-3")
+    assert res.returncode == 2
+    message = res.stderr.strip().splitlines()[-1]
+    assert "unfinished work started with another configuration" in message
+    assert 'loss.name: "cosine" (started) -> "mse" (now)' in message and "distill.lr" in message
+    assert not (out / "done.json").exists()
+    # an explicit override continues, and done.json says what changed
+    res = cli(*args, "loss=mse", "resume_with_changes=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    done = json.loads((out / "done.json").read_text())
+    assert done["loss"] == "mse" and any("loss.name" in c for c in done["resumed_with_changes"])
+
+
+def test_a_leftover_checkpoint_of_another_model_is_refused_with_advice(prepared, tmp_path):
+    root = copy_run(prepared, tmp_path)
+    out = root / "t" / "distill" / "v"
+    args = [*DISTILL, *store_overrides(root), f"paths.output_root={root}"]
+    _kill_when_step_starts(args, out / "indices.rank0.txt", 5)
+    # a checkpoint of another teacher dimension left in the folder (e.g. copied from another run)
+    path = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    key = "student.classification_head.mlp.3.weight"
+    ckpt["state_dict"][key] = torch.zeros(384, ckpt["state_dict"][key].shape[1])
+    torch.save(ckpt, path)
+    res = cli(*args)
+    assert res.returncode == 2
+    message = res.stderr.strip().splitlines()[-1]
+    assert "cannot resume from distill/v/checkpoints/last.ckpt" in message and key in message
+    assert "force=true" in message and "Traceback" not in res.stderr
 
 
 def test_two_process_ddp_on_cpu_splits_the_stream(prepared, tmp_path):
