@@ -80,16 +80,26 @@ class _EpochHistory:
                     "val/cosine",
                     "val/kd_loss",
                     "val/cosine_of_mean_target",
-                    "train/kd_loss_epoch",
                     "val/label_loss",
                     "val/total_loss",
                     "val/mAP",
                     "val/accuracy",
-                    "train/label_loss_epoch",
                 ):
                     if k in m:
                         row[k] = round(float(m[k]), 5)
                 history.rows = [r for r in history.rows if r["epoch"] != row["epoch"]] + [row]
+
+            def on_train_epoch_end(self, trainer, pl_module) -> None:
+                # after this epoch's validation: its row gets the epoch's mean training losses
+                for row in history.rows:
+                    if row["epoch"] == int(trainer.current_epoch):
+                        keep = ("train/kd_loss_epoch", "train/label_loss_epoch")
+                        row.update({k: round(v, 5) for k, v in pl_module.epoch_means().items() if k in keep})
+
+            def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+                # metrics.csv on disk up to this checkpoint: a resume keeps those rows and replays the rest
+                for logger in trainer.loggers:
+                    logger.save()
 
             def state_dict(self) -> dict[str, Any]:
                 return {"rows": [dict(r) for r in history.rows]}

@@ -248,6 +248,7 @@ class DistillModule(L.LightningModule):
         self.batches_trained = 0
         self.nonfinite_skipped = 0
         self._epoch_sums: dict[str, tuple[float, int]] = {}
+        self._sums_epoch = 0
 
     @property
     def uses_kd(self) -> bool:
@@ -367,13 +368,19 @@ class DistillModule(L.LightningModule):
     def _accumulate(self, name: str, value: Tensor, weight: int) -> None:
         """Add a batch's value to the epoch's weighted mean (kept in checkpoints, unlike Lightning's own
         epoch aggregates, so an epoch resumed mid-way reports the mean over all its batches)."""
+        if self._sums_epoch != self.current_epoch:  # sums of an epoch whose end was not seen are dropped
+            self._epoch_sums.clear()
+            self._sums_epoch = self.current_epoch
         total, count = self._epoch_sums.get(name, (0.0, 0))
         self._epoch_sums[name] = (total + float(value.detach()) * weight, count + weight)
 
+    def epoch_means(self) -> dict[str, float]:
+        """The current epoch's weighted means of the training losses so far (``train/<loss>_epoch``)."""
+        return {name: total / count for name, (total, count) in sorted(self._epoch_sums.items()) if count}
+
     def on_train_epoch_end(self) -> None:
-        for name, (total, count) in sorted(self._epoch_sums.items()):
-            if count:
-                self.log(name, total / count, on_step=False, on_epoch=True, sync_dist=True)
+        for name, mean in self.epoch_means().items():
+            self.log(name, mean, on_step=False, on_epoch=True, sync_dist=True)
         self._epoch_sums.clear()
 
     def _all_finite(self, value: Tensor) -> bool:
@@ -542,6 +549,7 @@ class DistillModule(L.LightningModule):
             "pred_norm_sum": float(self._pred_norm_sum),
             "pred_norm_count": int(self._pred_norm_count),
             "epoch_sums": {k: [float(t), int(c)] for k, (t, c) in self._epoch_sums.items()},
+            "sums_epoch": int(self._sums_epoch),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -553,3 +561,4 @@ class DistillModule(L.LightningModule):
         self._pred_norm_sum = float(state.get("pred_norm_sum", 0.0))
         self._pred_norm_count = int(state.get("pred_norm_count", 0))
         self._epoch_sums = {k: (float(t), int(c)) for k, (t, c) in state.get("epoch_sums", {}).items()}
+        self._sums_epoch = int(state.get("sums_epoch", 0))
