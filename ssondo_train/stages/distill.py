@@ -184,11 +184,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     class_names: list[str] = []
     labels = None
     if store.audio_codec is None or needs_labels:
-        from ssondo_train.data.manifest import read_manifest
+        from ssondo_train.data.manifest import AudioRootError, check_audio_root, read_manifest
 
         # The manifest precompute read: it holds the audio paths and the labels of the stored clips.
-        manifest = read_manifest(info.manifest or ctx.layout.corpus_manifest())
+        manifest_path = info.manifest or ctx.layout.corpus_manifest()
+        manifest = read_manifest(manifest_path)
         if store.audio_codec is None:
+            try:  # the store holds no audio: training reads the corpus files, which must still be there
+                check_audio_root(manifest, manifest_path)
+            except AudioRootError as err:
+                raise StageError(str(err)) from None
             clip_paths = {c.clip_id: str(manifest.abs_path(c)) for c in manifest}
         if needs_labels:
             class_names, labels = _load_window_labels(manifest, keys, train_idx)
