@@ -20,24 +20,12 @@ import pytest
 from ssondo_train.stages.base import StageError, folder_lock
 from ssondo_train.store import open_store
 from tests.conftest import REPO_ROOT
-from tests.pipeline.conftest import TINY_WINDOW, cli, write_tiny_corpus
+from tests.pipeline.conftest import cli, write_tiny_corpus
+from tests.pipeline.test_precompute_stage import args
 
 pytestmark = pytest.mark.slow
 
 STAGE_START = "stage 'precompute' of run 't' -> "  # the line run_stage logs when a stage begins its work
-
-
-def args(manifest: Path, root: Path) -> list[str]:
-    return [
-        "stage=precompute",
-        "run_name=t",
-        f"paths.output_root={root}",
-        f"precompute.manifest={manifest}",
-        "precompute.clips_per_shard=2",
-        "precompute.batch_size=8",
-        "precompute.num_workers=1",
-        *TINY_WINDOW,
-    ]
 
 
 class Job:
