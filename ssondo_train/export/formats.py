@@ -38,6 +38,7 @@ from torch import nn
 from ssondo_train.export.safe_load import safe_torch_load
 from ssondo_train.students import STUDENTS, Projector, StudentWithProjector, build_student
 from ssondo_train.students._layers import last_channel_for
+from ssondo_train.students.dymn import TEMPERATURE_KEY, DyMN
 from ssondo_train.utils.io import atomic_path, atomic_write_json
 from ssondo_train.version import __version__
 
@@ -294,9 +295,14 @@ def _projector_dims(student: StudentWithProjector) -> dict[str, Any]:
     }
 
 
+def _optional_key(key: str) -> bool:
+    """DyMN's annealed temperature, present only when it differs from the constructor's (students.dymn)."""
+    return key == TEMPERATURE_KEY or key.endswith("." + TEMPERATURE_KEY)
+
+
 def _shape_mismatch(ours: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor]) -> list[str]:
-    problems = [f"missing {k}" for k in sorted(set(ref) - set(ours))]
-    problems += [f"unexpected {k}" for k in sorted(set(ours) - set(ref))]
+    problems = [f"missing {k}" for k in sorted(set(ref) - set(ours)) if not _optional_key(k)]
+    problems += [f"unexpected {k}" for k in sorted(set(ours) - set(ref)) if not _optional_key(k)]
     problems += [
         f"{k}: {tuple(ours[k].shape)} vs {tuple(ref[k].shape)}"
         for k in sorted(set(ours) & set(ref))
@@ -310,6 +316,16 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
+def _inference_temperature(student: StudentWithProjector) -> float | None:
+    """The temperature a DyMN backbone runs at now (the annealed one after training), None for others."""
+    return float(student.model.temperature) if isinstance(student.model, DyMN) else None
+
+
+def _weights_state(student: StudentWithProjector) -> dict[str, torch.Tensor]:
+    """CPU state dict without DyMN's temperature entry: the export configs carry the temperature instead."""
+    return {k: v for k, v in _cpu_state(student).items() if not _optional_key(k)}
+
+
 # ----------------------------------------------------------------------------------- ssondo checkpoints
 def write_ssondo_checkpoint(
     path: str | Path, student: StudentWithProjector, training_config: Mapping[str, Any]
@@ -319,7 +335,9 @@ def write_ssondo_checkpoint(
     Args:
         path: output file (written atomically).
         student: backbone ``model`` + ``classification_head`` projector.
-        training_config: as built by :func:`ssondo_training_config` (or an upstream one).
+        training_config: as built by :func:`ssondo_training_config` (or an upstream one). For a DyMN, the
+            written ``student_model.pretrain_final_temp`` (the temperature ssondo runs at) is the student's
+            current temperature, i.e. the final one of an annealed training, whatever the config says.
 
     Returns:
         ``path``.
@@ -330,8 +348,21 @@ def write_ssondo_checkpoint(
     """
     from ssondo_train.students import student_from_ssondo_config
 
+    training_config = copy.deepcopy(dict(training_config))
+    temperature = _inference_temperature(student)
+    if temperature is not None:
+        student_model = dict(training_config.get("student_model") or {})
+        given = student_model.get("pretrain_final_temp")
+        if given is None or float(given) != temperature:
+            log.info(
+                "DyMN: writing pretrain_final_temp=%s (the student's temperature; config: %s)",
+                temperature,
+                given,
+            )
+        student_model["pretrain_final_temp"] = temperature
+        training_config["student_model"] = student_model
     ref = student_from_ssondo_config(training_config)
-    state = _cpu_state(student)
+    state = _weights_state(student)
     problems = _shape_mismatch(state, ref.state_dict())
     # ssondo sizes the projector's hidden layer from the backbone's last_channel before the config
     last_channel = getattr(student.model, "last_channel", None)
@@ -343,7 +374,7 @@ def write_ssondo_checkpoint(
     if problems:
         raise ValueError("training_config does not describe this student: " + "; ".join(problems[:10]))
     ckpt = {
-        "training_config": copy.deepcopy(dict(training_config)),
+        "training_config": training_config,
         "state_dict": {SSONDO_PREFIX + k: v for k, v in state.items()},
         "ssondo_train_version": __version__,
         "format": "ssondo-checkpoint",
@@ -394,7 +425,8 @@ def save_safetensors(
             normalisation into it first (:func:`fold_target_norm`) and set ``target_norm_folded``.
         config: must hold ``backbone: {"name", "kwargs"}``; optional ``preprocess`` (a
             :class:`PreprocessSpec` or its dict), ``teacher`` metadata, ``target_norm_folded``, any other
-            JSON-able keys. ``projector``, ``format*``, version and ``emb_size`` are filled in here.
+            JSON-able keys. ``projector``, ``format*``, version and ``emb_size`` are filled in here; a DyMN's
+            ``kwargs.temperature`` is set to the student's current (e.g. annealed final) temperature.
 
     Returns:
         ``{"safetensors": path, "config": path}``.
@@ -410,6 +442,9 @@ def save_safetensors(
     if "name" not in backbone:
         raise ValueError("config['backbone'] must give the student 'name' (and 'kwargs')")
     backbone["kwargs"] = _jsonable(backbone.get("kwargs") or {})
+    temperature = _inference_temperature(student)
+    if temperature is not None and backbone["name"] == "dymn":
+        backbone["kwargs"]["temperature"] = temperature
     backbone["emb_size"] = int(student.emb_size)
     pre = config.get("preprocess")
     pre = pre if isinstance(pre, PreprocessSpec) else PreprocessSpec.from_dict(pre or {})
@@ -424,7 +459,7 @@ def save_safetensors(
             "target_norm_folded": bool(cfg.get("target_norm_folded", False)),
         }
     )
-    state = _cpu_state(student)
+    state = _weights_state(student)
     problems = _shape_mismatch(state, _build_from_config(cfg).state_dict())
     if problems:
         raise ValueError("config['backbone'] does not rebuild this student: " + "; ".join(problems[:10]))

@@ -5,11 +5,14 @@ Every distillation loss is an ``nn.Module`` with the same call signature::
     loss(student (B, D), teacher (B, D), clusters (B,) | None = None, mix: MixInfo | None = None) -> scalar
 
 Inputs in half precision are up-cast to float32 (``16-mixed`` training would otherwise run the
-log-sum-exps in fp16); float64 inputs stay float64 so the golden tests can compare exactly.
+log-sum-exps in fp16); float64 inputs stay float64 so the golden tests can compare exactly. Autocast is
+switched off inside every loss (:func:`full_precision`): up-casting the inputs alone is not enough, since
+under ``bf16-mixed`` autocast would run the similarity matmuls in bf16 again (CLAP 0.875 instead of 0.8737).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -48,6 +51,17 @@ class MixInfo:
     def to(self, device: torch.device | str) -> MixInfo:
         """Copy of this MixInfo on ``device``."""
         return MixInfo(self.lam.to(device), self.perm.to(device))
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled for ``device``'s type, so the losses compute in their inputs' dtype.
+
+    Devices autocast does not know (e.g. ``meta``) get a no-op context.
+    """
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -146,7 +160,7 @@ class DistillLoss(nn.Module):
             mix: mixup bookkeeping when the student input was mixed, else None.
 
         Returns:
-            scalar loss tensor (float32, or float64 for float64 inputs).
+            scalar loss tensor (float32, or float64 for float64 inputs), computed with autocast off.
         """
         check_pair(self.name, student, teacher)
         check_clusters(self.name, clusters, student.shape[0], self.needs_clusters)
@@ -156,7 +170,8 @@ class DistillLoss(nn.Module):
             mix = MixInfo(mix.lam.to(device=student.device, dtype=dtype), mix.perm.to(student.device))
         if clusters is not None:
             clusters = clusters.to(student.device)
-        return self.compute(student.to(dtype), teacher.to(dtype), clusters, mix)
+        with full_precision(student.device):
+            return self.compute(student.to(dtype), teacher.to(dtype), clusters, mix)
 
     def compute(
         self, student: Tensor, teacher: Tensor, clusters: Tensor | None, mix: MixInfo | None

@@ -13,7 +13,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssondo_train.losses.base import DistillLoss, MixInfo, check_mix, compute_dtype
+from ssondo_train.losses.base import DistillLoss, MixInfo, check_mix, compute_dtype, full_precision
 
 LabelKind = Literal["bce", "ce"]
 
@@ -60,18 +60,19 @@ class LabelLoss(nn.Module):
                 (the same as training on mixed targets, both losses being linear in the target).
 
         Returns:
-            scalar tensor.
+            scalar tensor (float32, or float64 for float64 logits), computed with autocast off.
         """
         if logits.ndim != 2:
             raise ValueError(f"LabelLoss: logits must be (B, C), got {tuple(logits.shape)}")
         check_mix("label", mix, logits.shape[0])
         logits = logits.to(compute_dtype(logits))
-        own = self.per_sample(logits, targets)
-        if mix is None:
-            return own.mean()
-        lam = mix.lam.to(device=logits.device, dtype=logits.dtype)
-        perm = mix.perm.to(logits.device)
-        return (lam * own + (1.0 - lam) * self.per_sample(logits, targets[perm])).mean()
+        with full_precision(logits.device):
+            own = self.per_sample(logits, targets)
+            if mix is None:
+                return own.mean()
+            lam = mix.lam.to(device=logits.device, dtype=logits.dtype)
+            perm = mix.perm.to(logits.device)
+            return (lam * own + (1.0 - lam) * self.per_sample(logits, targets[perm])).mean()
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"

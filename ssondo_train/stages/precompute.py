@@ -7,6 +7,13 @@ manifest, written under temporary names and committed when complete, so a killed
 stopped and produces the same store. With several ranks (torchrun / SLURM) each writes its own shards and rank
 0 merges the index.
 
+The shard plan covers the windowing (window, hop, tail, min_seconds), so shards of another windowing never
+count as done: a store made with other settings is refused, or with ``force=true`` removed and rebuilt from
+scratch. Each rank leaves a marker ``_ranks/rank<r>.json`` when its shards are written; rank 0 merges only
+once every rank's marker of this plan (and job, where the launcher names one) is there and every planned shard
+is committed, so a marker left by an earlier attempt never starts the merge early. The markers are removed
+after the merge.
+
 Nothing goes silently wrong: a missing audio root stops the stage before any work; every clip that cannot be
 used is recorded in ``failures.rank<r>.jsonl`` with its reason (a clip whose audio or teacher output holds
 NaN/inf is left out whole); and when more than ``precompute.max_failure_rate`` of the clips fail (policy skips
@@ -19,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +245,75 @@ def _read_corpus(ctx: StageContext, cfg: Any) -> tuple[Any, Path, Sequence[Any]]
     return manifest, manifest_path, clips
 
 
+def _attempt_id(env: dict[str, str] | None = None) -> str | None:
+    """What names this launch of a distributed job identically on every rank, where the launcher provides
+    it: the SLURM job (and its requeue count) or torchrun's rendezvous id; None otherwise."""
+    env = dict(os.environ) if env is None else env
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_RESTART_COUNT', '0')}"
+    run_id = env.get("TORCHELASTIC_RUN_ID", "")
+    if run_id and run_id != "none":
+        return f"torchrun:{run_id}.{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return None
+
+
+def _prepare_store(ctx: StageContext, writer: Any, plan: Any, dist: Any, timeout_s: float) -> None:
+    """Make sure the store root holds (or will hold) the store of ``plan`` before this rank writes a shard.
+
+    A store made with other settings (another windowing, clip list, shard size, teacher or layout) is never
+    continued: without ``force`` it is refused; with ``force`` rank 0 removes it, with the failure records and
+    rank markers made for it, and starts an empty store, while the other ranks wait for that new store.
+
+    Raises:
+        StageError: another store is there and ``force`` is off, or rank 0 did not replace it in time.
+    """
+    differs = writer.mismatch(plan)
+    if differs is None:
+        return
+    if not ctx.force:
+        raise StageError(
+            f"{writer.root} holds a teacher store made with other settings ({differs}); its shards cannot be "
+            "continued or reused with these. Give the settings it was made with, rerun with force=true to "
+            "remove it and rebuild the store from scratch, or use another run_name"
+        )
+    if dist.is_main:
+        log.warning("force=true: removing the store in %s (%s) and rebuilding it", writer.root, differs)
+        # Before the store is replaced: a rank sees the new meta.json only once these are gone.
+        for path in ctx.layout.failures_files():
+            path.unlink(missing_ok=True)
+        shutil.rmtree(ctx.out_dir / RANKS_DIR, ignore_errors=True)
+        writer.reset(plan)
+        return
+    log.info("rank %d waits for rank 0 to replace the store in %s (%s)", dist.rank, writer.root, differs)
+    deadline = time.time() + timeout_s
+    while not writer.has_meta() or writer.mismatch(plan) is not None:
+        if time.time() > deadline:
+            raise StageError(
+                f"rank {dist.rank}: rank 0 did not replace the store in {writer.root} made with other "
+                f"settings within precompute.merge_timeout_s={timeout_s:g} s; check rank 0's log and rerun"
+            )
+        time.sleep(0.5)
+
+
+def _finished_ranks(folder: Path, world_size: int, plan_id: str, attempt: str | None) -> list[int]:
+    """The ranks whose marker in ``folder`` belongs to this plan, world size and attempt."""
+    from ssondo_train.utils.io import read_json
+
+    done = []
+    for rank in range(world_size):
+        try:
+            marker = read_json(folder / f"rank{rank}.json")
+        except (OSError, ValueError):
+            continue
+        if (
+            marker.get("plan_id") == plan_id
+            and marker.get("world_size") == world_size
+            and marker.get("attempt") == attempt
+        ):
+            done.append(rank)
+    return done
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -267,6 +345,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         WindowRecord,
         merge_indexes,
         open_store,
+        plan_shards,
         read_failures,
     )
     from ssondo_train.store.failures import (
@@ -330,8 +409,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     clip_ids = [c.clip_id for c in clips]
     by_id = {c.clip_id: c for c in clips}
+    # Everything else that decides the stored windows: shards cut another way are another plan.
+    content = {
+        "window_seconds": window_s,
+        "hop_seconds": hop_s,
+        "tail": str(cfg.tail),
+        "min_seconds": float(cfg.min_seconds),
+    }
+    clips_per_shard = int(cfg.clips_per_shard)
+    all_plans = plan_shards(clip_ids, clips_per_shard, prefix=writer.prefix, content=content)
+    merge_timeout_s = float(cfg.merge_timeout_s)
+    _prepare_store(ctx, writer, all_plans[0], dist, merge_timeout_s)
+    ranks_dir = ctx.out_dir / RANKS_DIR
+    attempt = _attempt_id()
+    # This rank's marker of an earlier attempt says nothing about this one.
+    (ranks_dir / f"rank{dist.rank}.json").unlink(missing_ok=True)
     plans = writer.plan_shards(
-        clip_ids, clips_per_shard=int(cfg.clips_per_shard), rank=dist.rank, world_size=dist.world_size
+        clip_ids, clips_per_shard, rank=dist.rank, world_size=dist.world_size, content=content
     )
     pending = writer.pending(plans)
     log.info(
@@ -477,20 +571,35 @@ def run(ctx: StageContext) -> dict[str, Any]:
         bar.close()
         failures.close()
     elapsed = time.perf_counter() - started
-    (ctx.out_dir / RANKS_DIR).mkdir(exist_ok=True)
-    atomic_write_json(ctx.out_dir / RANKS_DIR / f"rank{dist.rank}.json", {"rank": dist.rank, **counters})
+    ranks_dir.mkdir(exist_ok=True)
+    atomic_write_json(
+        ranks_dir / f"rank{dist.rank}.json",
+        {
+            "rank": dist.rank,
+            "world_size": dist.world_size,
+            "plan_id": all_plans[0].plan_id,
+            "attempt": attempt,
+            **counters,
+        },
+    )
     if not dist.is_main:
         return {"_rank_only": True}
 
-    # Rank 0 merges once every rank's shards are committed.
-    deadline = time.time() + float(cfg.merge_timeout_s)
-    while True:
-        done_ranks = list((ctx.out_dir / RANKS_DIR).glob("rank*.json"))
-        if len(done_ranks) >= dist.world_size:
+    # Rank 0 merges once every rank of this attempt has finished and every planned shard is committed (a
+    # marker can outlive its attempt; the commits of this plan cannot lie).
+    deadline = time.time() + merge_timeout_s
+    while dist.world_size > 1:
+        done_ranks = _finished_ranks(ranks_dir, dist.world_size, all_plans[0].plan_id, attempt)
+        missing_shards = len(writer.pending(all_plans))
+        if len(done_ranks) == dist.world_size and not missing_shards:
             break
         if time.time() > deadline:
-            raise StageError(f"only {len(done_ranks)}/{dist.world_size} ranks finished; rerun to merge")
-        time.sleep(2.0)
+            raise StageError(
+                f"only {len(done_ranks)}/{dist.world_size} ranks finished ({missing_shards} of "
+                f"{len(all_plans)} shards not written) within "
+                f"precompute.merge_timeout_s={merge_timeout_s:g}; rerun to finish and merge"
+            )
+        time.sleep(1.0)
     index = merge_indexes(store_root)
     store = open_store(store_root)
     stored_clips = set(store.clip_ids())
@@ -536,6 +645,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             **rv.base_record(ctx.cfg, ctx.choices),
         },
     )
+    # This attempt is merged: its markers must not count for the next one.
+    shutil.rmtree(ranks_dir, ignore_errors=True)
     size = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
     summary = (
         f"precompute: {len(stored_clips)} clips, {len(store)} windows of {teacher.embed_dim}-d "

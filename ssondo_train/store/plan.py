@@ -1,16 +1,20 @@
 """Deterministic shard planning: shard k = clips [k*clips_per_shard, (k+1)*clips_per_shard) of an ordered
 clip list.
 
-Because a shard's content depends only on the ordered clip list and ``clips_per_shard`` (never on the rank
-count, the time of the run or what was written before), a rerun can skip committed shards, redo the others and
-still produce a store identical to an uninterrupted run, with any number of ranks.
+Because a shard's content depends only on the ordered clip list, ``clips_per_shard`` and the plan's
+``content`` (how the writer cuts its records, e.g. the window and hop; never on the rank count, the time of
+the run or what was written before), a rerun can skip committed shards, redo the others and still produce a
+store identical to an uninterrupted run, with any number of ranks. A commit of another plan (another clip
+list or another windowing) never counts as done.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,8 +27,11 @@ class ShardPlan:
         first_clip: position of ``clip_ids[0]`` in the ordered clip list.
         clip_ids: the clips of this shard, in order.
         prefix: shard file prefix; files are ``{prefix}-{shard:06d}-{part:03d}.{tar|h5}``.
-        plan_id: sha256 fingerprint of (clips_per_shard, ordered clip list); identical for every rank.
+        plan_id: sha256 fingerprint of (clips_per_shard, ordered clip list, content); identical for every
+            rank.
         clips_per_shard, num_clips: the plan parameters (recorded in ``meta.json``).
+        content: what else decides the shards' records (JSON values, e.g. ``{"window_seconds": 1.0}``), or
+            None; recorded in ``meta.json``.
     """
 
     shard: int
@@ -35,6 +42,7 @@ class ShardPlan:
     plan_id: str
     clips_per_shard: int
     num_clips: int
+    content: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def name(self) -> str:
@@ -51,9 +59,14 @@ def part_name(prefix: str, shard: int, part: int, ext: str) -> str:
     return f"{shard_stem(prefix, shard)}-{part:03d}{ext}"
 
 
-def plan_fingerprint(clip_ids: Sequence[str], clips_per_shard: int) -> str:
-    """sha256 over ``clips_per_shard`` and the ordered clip ids (NUL-separated)."""
+def plan_fingerprint(
+    clip_ids: Sequence[str], clips_per_shard: int, content: Mapping[str, Any] | None = None
+) -> str:
+    """sha256 over ``clips_per_shard``, ``content`` (as sorted JSON; left out when None, so plans without
+    content keep their fingerprint) and the ordered clip ids (NUL-separated)."""
     h = hashlib.sha256(f"clips_per_shard={clips_per_shard}\0".encode())
+    if content is not None:
+        h.update(f"content={json.dumps(dict(content), sort_keys=True)}\0".encode())
     for c in clip_ids:
         h.update(c.encode("utf-8"))
         h.update(b"\0")
@@ -71,6 +84,7 @@ def plan_shards(
     rank: int = 0,
     world_size: int = 1,
     prefix: str = "shard",
+    content: Mapping[str, Any] | None = None,
 ) -> list[ShardPlan]:
     """Split an ordered clip list into shards and return those owned by ``rank``.
 
@@ -82,6 +96,7 @@ def plan_shards(
         clips_per_shard: clips per shard (> 0); the last shard may hold fewer.
         rank, world_size: this process's rank and the number of ranks.
         prefix: shard file prefix.
+        content: what else decides the records (JSON values, e.g. the window and hop); part of the plan id.
 
     Returns:
         The plans of this rank's shards, in increasing shard index.
@@ -99,7 +114,8 @@ def plan_shards(
     for c in clip_ids:
         if not isinstance(c, str) or not c:
             raise ValueError(f"clip ids must be non-empty strings, got {c!r}")
-    pid = plan_fingerprint(clip_ids, clips_per_shard)
+    content = None if content is None else dict(content)
+    pid = plan_fingerprint(clip_ids, clips_per_shard, content)
     num_shards = (len(clip_ids) + clips_per_shard - 1) // clips_per_shard
     return [
         ShardPlan(
@@ -111,6 +127,7 @@ def plan_shards(
             plan_id=pid,
             clips_per_shard=clips_per_shard,
             num_clips=len(clip_ids),
+            content=content,
         )
         for k in range(rank, num_shards, world_size)
     ]

@@ -489,28 +489,50 @@ class EmbeddingStore:
             "rewritten; clips whose teacher output is not finite are then recorded as failures)"
         )
 
-    def compute_stats(self, cache: bool = True) -> StoreStats:
-        """Per-dimension mean/std over all windows (float64, parts merged with Chan's formula).
+    def compute_stats(
+        self, cache: bool = True, indices: Sequence[int] | np.ndarray | None = None
+    ) -> StoreStats:
+        """Per-dimension mean/std over all windows, or over ``indices`` (float64, parts merged with Chan's
+        formula).
 
-        Cached in ``stats.npz`` (keyed by the index hash, so a rebuilt store recomputes); a read-only store
-        just skips the cache write.
+        The distill stage passes its training windows, so held-out windows never shape the target
+        normalisation. Every part is read and checked for NaN/inf whatever ``indices`` selects.
+
+        Cached in ``stats.npz`` for all windows, in ``<cache_dir>/stats-<digest>.npz`` for a subset (the
+        digest covers the index hash and the subset), so a rebuilt store or another subset recomputes; a
+        read-only store just skips the cache write.
+
+        Args:
+            cache: read and write the cache.
+            indices: global window indices (negative ones count from the end; repeats count once);
+                ``None`` = all windows.
 
         Returns:
             ``StoreStats`` with ``mean``, ``std`` ``(D,)`` float64 and the window count.
 
         Raises:
             StoreCorruptError: an embedding holds NaN/inf (names the windows and their parts).
-            StoreError: the store holds no windows.
+            StoreError: the store (or ``indices``) holds no windows.
+            IndexError: an index is out of range.
         """
+        subset: np.ndarray | None = None
+        digest = self.index_sha256
         path = self.root / STATS_FILE
+        if indices is not None:
+            subset = np.unique(self._check_indices(indices))
+            digest = hashlib.sha256(self.index_sha256.encode() + subset.astype("<i8").tobytes()).hexdigest()
+            path = self._cache_dir / f"stats-{digest[:16]}.npz"
         if cache and path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                if (
-                    str(z["index_sha256"]) == self.index_sha256
-                    and np.isfinite(z["mean"]).all()
-                    and np.isfinite(z["std"]).all()
-                ):
-                    return StoreStats(mean=z["mean"], std=z["std"], count=int(z["count"]))
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if (
+                        str(z["index_sha256"]) == digest
+                        and np.isfinite(z["mean"]).all()
+                        and np.isfinite(z["std"]).all()
+                    ):
+                        return StoreStats(mean=z["mean"], std=z["std"], count=int(z["count"]))
+            except (OSError, ValueError, KeyError):
+                log.warning("ignoring unreadable stats cache %s", path)
         n = 0
         mean = np.zeros(self.dim, dtype=np.float64)
         m2 = np.zeros(self.dim, dtype=np.float64)
@@ -521,7 +543,12 @@ class EmbeddingStore:
             if rows.size:
                 bad.append(self.part_starts[k] + rows)
                 continue
+            if subset is not None:
+                lo, hi = np.searchsorted(subset, self.part_starts[k : k + 2])
+                x = x[subset[lo:hi] - self.part_starts[k]]
             nb = x.shape[0]
+            if nb == 0:
+                continue
             mb = x.mean(axis=0)
             m2b = ((x - mb) ** 2).sum(axis=0)
             delta = mb - mean
@@ -532,7 +559,8 @@ class EmbeddingStore:
         if bad:
             raise self._non_finite_error(np.concatenate(bad))
         if n == 0:
-            raise StoreError(f"{self.root} holds no windows: no statistics")
+            which = "the selected windows" if subset is not None else "windows"
+            raise StoreError(f"{self.root} holds no {which}: no statistics")
         stats = StoreStats(mean=mean, std=np.sqrt(m2 / n), count=n)
         if cache:
             buf = io.BytesIO()
@@ -541,9 +569,10 @@ class EmbeddingStore:
                 mean=stats.mean,
                 std=stats.std,
                 count=np.int64(n),
-                index_sha256=np.str_(self.index_sha256),
+                index_sha256=np.str_(digest),
             )
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, buf.getvalue())
             except OSError as e:
                 log.info("cannot cache stats in %s (%s)", path, e)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,20 @@ _LAYOUT_KEYS = (
     "limits",
     "plan",
 )
+
+
+def _dict_differences(key: str, have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """``"key.sub: store has a, writer wants b"`` for every differing entry (one level down)."""
+    out = []
+    for sub in sorted(set(have) | set(want)):
+        a, b = have.get(sub, "absent"), want.get(sub, "absent")
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _dict_differences(f"{key}.{sub}", a, b)
+        else:
+            out.append(f"{key}.{sub}: store has {a!r}, writer wants {b!r}")
+    return out
 
 
 def commit_path(root: Path, prefix: str, shard: int) -> Path:
@@ -147,10 +163,34 @@ class StoreWriter:
                 "clips_per_shard": plan.clips_per_shard,
                 "num_clips": plan.num_clips,
                 "num_shards": plan.num_shards,
+                **({"content": plan.content} if plan.content is not None else {}),
             },
             "extra": self.extra,
             "counts": None,
         }
+
+    def mismatch(self, plan: ShardPlan) -> str | None:
+        """How the root's ``meta.json`` differs from the store this writer would write for ``plan`` (another
+        layout, or another plan: clip list, shard size or content), e.g. ``"plan.content.window_seconds: store
+        has 1.0, writer wants 0.5"``; None when it matches or there is no ``meta.json`` yet."""
+        path = self.root / META_FILE
+        if not path.exists():
+            return None
+        have, want = read_json(path), self._meta_for(plan)
+        diffs: list[str] = []
+        for key in _LAYOUT_KEYS:
+            a, b = have.get(key), want[key]
+            if a == b:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict):
+                diffs += _dict_differences(key, a, b)
+            else:
+                diffs.append(f"{key}: store has {a!r}, writer wants {b!r}")
+        return "; ".join(diffs) or None
+
+    def has_meta(self) -> bool:
+        """True when the root holds a ``meta.json`` (some writer planned a store there)."""
+        return (self.root / META_FILE).exists()
 
     def _ensure_meta(self, plan: ShardPlan) -> None:
         """Create ``meta.json`` or check that the existing one describes the same layout and plan."""
@@ -158,30 +198,49 @@ class StoreWriter:
             return
         if plan.prefix != self.prefix:
             raise ValueError(f"plan prefix {plan.prefix!r} != writer shard_prefix {self.prefix!r}")
-        want = self._meta_for(plan)
         path = self.root / META_FILE
         if path.exists():
-            have = read_json(path)
-            diff = [k for k in _LAYOUT_KEYS if have.get(k) != want[k]]
-            if diff:
-                details = "; ".join(f"{k}: store has {have.get(k)!r}, writer wants {want[k]!r}" for k in diff)
+            details = self.mismatch(plan)
+            if details:
                 raise StoreMismatchError(f"{path} describes another store ({details}); use a new root")
-            if have.get("extra") != want["extra"]:
+            if read_json(path).get("extra") != self._meta_for(plan)["extra"]:
                 log.warning("meta.json 'extra' differs from this writer's; keeping the stored one")
         else:
             # Ranks may race here; they write identical content, and os.replace is atomic.
-            atomic_write_json(path, want)
+            atomic_write_json(path, self._meta_for(plan))
         self._meta_checked_for = plan.plan_id
 
+    def reset(self, plan: ShardPlan) -> None:
+        """Remove the store under the root (shards, commit markers, index, ``meta.json``: everything in the
+        folder) and start an empty one for ``plan``.
+
+        The old folder is first moved aside in one rename and its new ``meta.json`` written at once, so other
+        writers see either the old store or the new one, never a mix; the old folder is deleted after.
+        Only one process may call this, while no other writes into the root.
+        """
+        old = self.root.with_name(f".{self.root.name}.removing-{os.getpid()}-{time.time_ns()}")
+        if self.root.exists():
+            os.replace(self.root, old)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / COMMITS_DIR).mkdir(exist_ok=True)
+        self._meta_checked_for = None
+        self._ensure_meta(plan)
+        shutil.rmtree(old, ignore_errors=True)
+
     def plan_shards(
-        self, clip_ids: Sequence[str], clips_per_shard: int, rank: int = 0, world_size: int = 1
+        self,
+        clip_ids: Sequence[str],
+        clips_per_shard: int,
+        rank: int = 0,
+        world_size: int = 1,
+        content: Mapping[str, Any] | None = None,
     ) -> list[ShardPlan]:
         """Plan the shards of the ordered ``clip_ids`` and return this rank's (see :func:`plan.plan_shards`).
 
-        Also creates/checks ``meta.json`` (a rerun with another clip list, shard size or layout fails with
-        :class:`StoreMismatchError` instead of mixing two plans in one store).
+        Also creates/checks ``meta.json`` (a rerun with another clip list, shard size, content or layout fails
+        with :class:`StoreMismatchError` instead of mixing two plans in one store).
         """
-        plans = plan_shards(clip_ids, clips_per_shard, rank, world_size, self.prefix)
+        plans = plan_shards(clip_ids, clips_per_shard, rank, world_size, self.prefix, content)
         if plans:
             self._ensure_meta(plans[0])
         return plans

@@ -2,9 +2,11 @@
 
 Every inverted-residual block is dynamic: a context generator summarises the block input into a context
 vector (which parameterises K-kernel dynamic convolutions and Dy-ReLU) and frequency/time sequences
-(coordinate attention). The softmax temperature of the kernel attention is not stored in the state dict:
+(coordinate attention). The softmax temperature of the kernel attention is an explicit constructor argument:
 S-SONDO trains and infers at 30.0 (EfficientAT's pretrained final value), and a wrong value moves the
-outputs by orders of magnitude, so it is an explicit constructor argument.
+outputs by orders of magnitude. A temperature that differs from the constructor's (after :meth:`DyMN.anneal`)
+travels with the weights as the state-dict entry ``dyconv_temperature``; at the constructor's temperature the
+state dict has EfficientAT's / ssondo's exact keys, so their files load both ways.
 
 Unlike upstream S-SONDO, the forward pass accepts several segments: (B, S, F, T) is folded into B*S.
 """
@@ -40,6 +42,10 @@ def dymn_temperature(
     steep = t_max - t0_slope * epoch
     shallow = 1.0 + t1_slope * (t_max - 1.0) / t0_slope - t1_slope * epoch
     return float(max(steep, shallow, t_min))
+
+
+# State-dict entry (under the DyMN's prefix) of a temperature that differs from the constructor's.
+TEMPERATURE_KEY = "dyconv_temperature"
 
 
 class DynamicConv(nn.Module):
@@ -288,7 +294,11 @@ class DyMN(nn.Module):
 
     @property
     def temperature(self) -> float:
-        """Current kernel-attention temperature (the same in every dynamic convolution)."""
+        """Current kernel-attention temperature (the same in every dynamic convolution).
+
+        Saved in the state dict as ``dyconv_temperature`` when it differs from the constructor's; loading a
+        state dict without that entry sets the constructor's temperature.
+        """
         return next(m.temperature for m in self.modules() if isinstance(m, DynamicConv))
 
     def set_temperature(self, temperature: float) -> None:
@@ -298,6 +308,39 @@ class DyMN(nn.Module):
         for m in self.modules():
             if isinstance(m, DynamicConv):
                 m.temperature = float(temperature)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # Only an annealed temperature is written: a model at its constructor temperature keeps the
+        # EfficientAT / ssondo key set (ImageNet files, ssondo checkpoints and their strict loads).
+        if self.temperature != self.t_max:
+            destination[prefix + TEMPERATURE_KEY] = torch.tensor(self.temperature, dtype=torch.float64)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + TEMPERATURE_KEY
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        value = state_dict.get(key)
+        if value is None:  # written at the constructor temperature (or before the entry existed)
+            self.set_temperature(self.t_max)
+            return
+        temp = float(value.reshape(-1)[0]) if isinstance(value, torch.Tensor) and value.numel() == 1 else None
+        if temp is None or not np.isfinite(temp) or temp <= 0:
+            error_msgs.append(f"{key}: expected one finite temperature > 0, got {value!r}")
+            return
+        self.set_temperature(temp)
 
     def anneal(
         self,

@@ -165,7 +165,9 @@ def load_distill_checkpoint(path: str | Path, weights: str = "auto") -> DistillC
     The LightningModule state dict holds ``student.model.*``, ``student.classification_head.*`` and
     ``target_norm.mean`` / ``target_norm.std``; the run config is stored under ``ssondo_train_config`` as
     plain containers. The student is rebuilt from that config's ``student`` section,
-    without the ImageNet initialisation (the checkpoint's weights replace it anyway).
+    without the ImageNet initialisation (the checkpoint's weights replace it anyway). A DyMN trained with
+    ``distill.dymn_anneal`` gets its final temperature back from ``student.model.dyconv_temperature``;
+    checkpoints without that entry run at the config's (start) temperature.
 
     Raises:
         DivergedCheckpointError: the weights it would load, or target_norm, hold NaN/inf (a diverged run).
