@@ -11,7 +11,6 @@ and ablation of a run reads the same store; none touches another's folder.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -114,7 +113,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import lightning as L
     import numpy as np
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from omegaconf import OmegaConf
 
     from ssondo_train.config.groups import (
@@ -143,6 +142,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         TargetNorm,
     )
     from ssondo_train.training.schedule import WarmupRampdown
+    from ssondo_train.utils.dist import is_secondary_process
 
     cfg = ctx.cfg.distill
     trainer_cfg = to_schema("trainer", ctx.cfg.trainer, TrainerConfig)
@@ -202,10 +202,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
 
     _refuse_spawning_in_a_local_sweep(trainer_cfg)
-    world = int(trainer_cfg.num_nodes) * (
-        int(trainer_cfg.devices) if str(trainer_cfg.devices).isdigit() else 1
-    )
-    updates_per_epoch = math.ceil(sampler_cfg.num_samples / (int(cfg.batch_size) * max(1, world)))
     dm = DistillDataModule(
         data,
         sampler_cfg.name,
@@ -217,7 +213,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
 
     # ---- model -------------------------------------------------------------------------------------------
-    stats = store.compute_stats()
+    stats = store.compute_stats(indices=train_idx)  # the training split only
     target_norm = TargetNorm(
         cfg.target_norm, torch.from_numpy(stats.mean).float(), torch.from_numpy(stats.std).float()
     )
@@ -244,8 +240,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         lr=float(cfg.lr),
         betas=tuple(cfg.betas),
         weight_decay=float(cfg.weight_decay),
-        updates_per_epoch=updates_per_epoch,
         schedule=WarmupRampdown(cfg.warm_up_len, cfg.ramp_down_start, cfg.ramp_down_len, cfg.last_lr_value),
+        # updates per epoch follow from the world size, which only the Trainer knows (epoch_updates)
+        samples_per_epoch=int(sampler_cfg.num_samples),
+        batch_size=int(cfg.batch_size),
     )
     full_config = OmegaConf.to_container(ctx.cfg, resolve=True)
     recal = (
@@ -277,34 +275,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ckpt_dir = out / CHECKPOINT_DIR
     last = ckpt_dir / LAST_CKPT
     resume = last if last.exists() else None
+    main = not is_secondary_process()
     if ctx.force and not cfg.resume_on_force:
-        if resume is not None:
+        if resume is not None and main:
             log.info("force=true: starting from scratch (this variant's checkpoints and logs are removed)")
         resume = None
-        _clear_training_outputs(out)
+        if main:  # the processes Lightning starts re-run the command once rank 0 is already training
+            _clear_training_outputs(out)
     resume_step = _check_resumable(resume, module, ctx) if resume is not None else None
     loggers: list[Any] = [ContinuedCSVLogger(str(out), LOGS_DIR, resume_step)]
     if logger_cfg.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
-        id_file = out / WANDB_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.exists() else None
+        run_id = _wandb_run_id(out / WANDB_ID_FILE, main)
         wandb_logger = WandbLogger(
             project=logger_cfg.project,
             entity=logger_cfg.entity,
             save_dir=str(out),
             name=f"{ctx.layout.name}/{ctx.variant}",
             id=run_id,
-            resume="allow" if run_id else None,
+            resume="allow" if run_id else None,  # a new id or a requeued job's: the same run either way
             offline=logger_cfg.mode == "offline",
             log_model=False,
             mode=None if logger_cfg.mode == "offline" else logger_cfg.mode,
             tags=list(logger_cfg.tags),
         )
-        if run_id is None:
-            id_file.write_text(wandb_logger.experiment.id)
         loggers.append(wandb_logger)
     history = _EpochHistory()
+    progress = _make_progress_bar()()
     # The best checkpoints are ranked by the loss the run optimises.
     monitor = (
         "val/kd_loss" if label_weight == 0 else "val/label_loss" if label_weight == 1 else "val/total_loss"
@@ -320,7 +318,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
-        TQDMProgressBar(refresh_rate=max(1, min(20, updates_per_epoch // 5))),
+        progress,
         history.callback(),
     ]
     if cfg.checkpoint_every_n_steps:
@@ -339,7 +337,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         callbacks.append(_make_dymn_anneal()())
     trainer = L.Trainer(
         accelerator=trainer_cfg.accelerator,
-        devices=trainer_cfg.devices,
+        devices=_launcher_devices(trainer_cfg),
         num_nodes=trainer_cfg.num_nodes,
         strategy=trainer_cfg.strategy,
         precision=trainer_cfg.precision,
@@ -347,7 +345,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         deterministic=trainer_cfg.deterministic,
         max_epochs=int(cfg.epochs),
         max_steps=int(cfg.max_steps) if cfg.max_steps else -1,
-        log_every_n_steps=min(trainer_cfg.log_every_n_steps, max(1, updates_per_epoch)),
+        log_every_n_steps=trainer_cfg.log_every_n_steps,
         logger=loggers,
         callbacks=callbacks,
         default_root_dir=str(out),
@@ -357,6 +355,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         check_val_every_n_epoch=int(cfg.val_every_n_epochs),
         enable_model_summary=False,
     )
+    # The Trainer's world size counts every process whoever starts them (devices=auto, Lightning, torchrun,
+    # SLURM tasks); the module's schedule reads the same figure when fitting starts.
+    updates_per_epoch = optim.epoch_updates(trainer.world_size)
+    log.info(
+        "%d updates per epoch on each of %d processes (%d windows per epoch, batches of %d)",
+        updates_per_epoch,
+        trainer.world_size,
+        int(sampler_cfg.num_samples),
+        int(cfg.batch_size),
+    )
+    trainer.log_every_n_steps = min(trainer_cfg.log_every_n_steps, updates_per_epoch)
+    progress.updates_per_epoch = updates_per_epoch
     if resume is not None:
         log.info("resuming from %s (after update %d)", resume, resume_step)
     # Our train loader restarts mid-epoch on the right window (its position is the module's checkpointed
@@ -487,6 +497,68 @@ def _finite_best(checkpointer: Any, last: Path) -> str:
             return str(path)
         log.warning("checkpoint %s is not a candidate for best (score %s or NaN/inf weights)", path, score)
     return ""
+
+
+def _launcher_devices(trainer_cfg: Any) -> int | str:
+    """``trainer.devices`` as the Trainer gets it.
+
+    On CPU Lightning's ``auto`` is one device, but a job whose processes a launcher starts (torchrun
+    ``--nproc-per-node``, SLURM ``--ntasks-per-node``) has that many per node, and Lightning refuses any other
+    count: there ``auto`` means the launcher's. GPUs keep Lightning's ``auto`` (the visible GPUs).
+    """
+    import os
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    devices = trainer_cfg.devices
+    if str(devices) != "auto" or trainer_cfg.accelerator != "cpu":
+        return devices
+    if TorchElasticEnvironment.detect() and os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    if SLURMEnvironment.detect() and os.environ.get("SLURM_NTASKS_PER_NODE", "").isdigit():
+        return int(os.environ["SLURM_NTASKS_PER_NODE"])
+    return devices
+
+
+def _wandb_run_id(id_file: Path, main: bool) -> str | None:
+    """The wandb run id of this variant's training, kept in ``id_file`` so a requeued job continues the run.
+
+    Only the main process (global rank 0) creates it, before wandb starts, and writes it atomically: a job
+    killed at any moment leaves either no file or a whole id. The other ranks never start a wandb run
+    (Lightning gives them a stand-in experiment); they read the id rank 0 wrote, which the processes
+    Lightning starts always find (rank 0 writes it before it starts them).
+
+    Returns:
+        The id, or None on a rank > 0 that started before rank 0 wrote it (torchrun, SLURM tasks).
+    """
+    from ssondo_train.utils.io import atomic_write_text
+
+    run_id = id_file.read_text().strip() if id_file.exists() else ""
+    if run_id or not main:
+        return run_id or None
+    import secrets
+    import string
+
+    # wandb's own format (8 characters of [a-z0-9]); its generator moved between wandb versions
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    atomic_write_text(id_file, run_id + "\n")
+    return run_id
+
+
+def _make_progress_bar():
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class EpochProgressBar(TQDMProgressBar):
+        """Refreshes about five times per epoch (at most every 20 updates); the stage sets the epoch length
+        once the Trainer knows its world size."""
+
+        updates_per_epoch = 1
+
+        @property
+        def refresh_rate(self) -> int:
+            return max(1, min(20, self.updates_per_epoch // 5))
+
+    return EpochProgressBar
 
 
 def _refuse_spawning_in_a_local_sweep(trainer_cfg: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,13 +38,30 @@ TRAINING_STATE_KEY = "ssondo_train_state"
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam + warm-up/ramp-down schedule, stepped every update with epoch = ``updates_per_epoch`` updates."""
+    """Adam + warm-up/ramp-down schedule, stepped every update; one schedule epoch is one sampler epoch.
+
+    Attributes:
+        updates_per_epoch: updates per epoch when ``samples_per_epoch`` is None (a fixed count).
+        samples_per_epoch: windows the sampler draws per epoch over all ranks; with ``batch_size`` it gives
+            the updates per epoch of each rank once the world size is known (:meth:`epoch_updates`).
+        batch_size: windows per update on each rank.
+    """
 
     lr: float = 8e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     updates_per_epoch: int = 100
     schedule: WarmupRampdown = WarmupRampdown()
+    samples_per_epoch: int | None = None
+    batch_size: int = 1
+
+    def epoch_updates(self, world_size: int = 1) -> int:
+        """Updates per epoch of each of ``world_size`` ranks: the epoch's windows split over the ranks
+        (``ceil(samples / world)`` each, as the sampler draws them), then batched."""
+        if self.samples_per_epoch is None:
+            return max(1, int(self.updates_per_epoch))
+        per_rank = math.ceil(int(self.samples_per_epoch) / max(1, int(world_size)))
+        return max(1, math.ceil(per_rank / max(1, int(self.batch_size))))
 
 
 class TargetNorm(nn.Module):
@@ -222,6 +240,12 @@ class DistillModule(L.LightningModule):
         else:
             self.label_head = None
             self.label_loss = None
+        projector = getattr(student, "classification_head", None)
+        if self.label_weight >= 1.0 and isinstance(projector, nn.Module):
+            # The supervised baseline never runs the KD projector: frozen, it is left out of the optimiser and
+            # of DDP's gradient reduction (a trainable parameter without a gradient stops plain DDP at the
+            # second step), and its untrained weights stay in the state dict that checkpoints and export read.
+            projector.requires_grad_(False)
         # Neither loss holds parameters or buffers, so this adds no state-dict keys.
         self.objective = CombinedLoss(
             loss if self.label_weight < 1.0 else None, self.label_loss, self.label_weight
@@ -261,7 +285,8 @@ class DistillModule(L.LightningModule):
         return self.student_ema if self.student_ema is not None else self.student
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.student.parameters())
+        """The optimised parameters: the student's (less the KD projector when λ = 1) and the label head."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
         if self.label_head is not None:
             params += list(self.label_head.parameters())
         return params
@@ -534,7 +559,8 @@ class DistillModule(L.LightningModule):
             betas=tuple(self.optim.betas),
             weight_decay=self.optim.weight_decay,
         )
-        per_epoch = max(1, int(self.optim.updates_per_epoch))
+        # The world size is the Trainer's (devices=auto, torchrun, SLURM tasks), known only now.
+        per_epoch = self.optim.epoch_updates(self.trainer.world_size)
         schedule = self.optim.schedule
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step / per_epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
