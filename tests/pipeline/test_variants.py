@@ -19,12 +19,12 @@ TRAIN = [*TINY_TRAINING, "distill.epochs=2", "cluster.k=3"]
 
 
 def md5_tree(folder: Path) -> dict[str, str]:
-    """relative path -> md5 of every file under ``folder`` (lock files excluded: they only name a pid; so is
-    the store's record of verified parts, which readers complete)."""
+    """relative path -> md5 of every file under ``folder``; lock files (they only name a pid) and the store's
+    ``.cache/`` (derived data readers add: verified parts, statistics of a split) are left out."""
     return {
         str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name not in (".lock", "verified.json")
+        if p.is_file() and p.name != ".lock" and ".cache" not in p.relative_to(folder).parts
     }
 
 
