@@ -12,25 +12,12 @@ import numpy as np
 import pytest
 
 from ssondo_train.store import open_store
-from tests.pipeline.conftest import TINY_WINDOW, cli, popen
+from tests.pipeline.conftest import cli, popen
+from tests.pipeline.test_precompute_stage import args
 
 pytestmark = pytest.mark.slow
 
 HALF_WINDOW = ["precompute.window_seconds=0.5", "precompute.hop_seconds=0.5"]
-
-
-def args(manifest: Path, root: Path, *extra: str, window: list[str] = TINY_WINDOW) -> list[str]:
-    return [
-        "stage=precompute",
-        "run_name=t",
-        f"paths.output_root={root}",
-        f"precompute.manifest={manifest}",
-        "precompute.clips_per_shard=2",
-        "precompute.batch_size=8",
-        "precompute.num_workers=1",
-        *window,
-        *extra,
-    ]
 
 
 def stage_dir(root: Path) -> Path:

@@ -7,6 +7,7 @@ import random
 import signal
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from tests.pipeline.conftest import TINY_WINDOW, cli, popen
 pytestmark = pytest.mark.slow
 
 
-def args(manifest: Path, root: Path, *extra: str) -> list[str]:
+def args(manifest: Path, root: Path, *extra: str, window: Sequence[str] = tuple(TINY_WINDOW)) -> list[str]:
+    """A precompute of the tiny corpus in shards of two clips (1-s windows unless ``window`` says)."""
     return [
         "stage=precompute",
         "run_name=t",
@@ -27,7 +29,7 @@ def args(manifest: Path, root: Path, *extra: str) -> list[str]:
         "precompute.clips_per_shard=2",
         "precompute.batch_size=8",
         "precompute.num_workers=1",
-        *TINY_WINDOW,
+        *window,
         *extra,
     ]
 
