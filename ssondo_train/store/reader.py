@@ -54,7 +54,8 @@ _TAR_BLOCK = 512
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Per-dimension statistics over all windows (population std, ddof=0), computed in float64."""
+    """Per-dimension statistics over all windows or a subset of them (``compute_stats(indices=...)``, e.g. the
+    training split), population std (ddof=0), computed in float64."""
 
     mean: np.ndarray  # (D,) float64
     std: np.ndarray  # (D,) float64
